@@ -1,0 +1,48 @@
+"""Where runyard keeps its state. One ``RUNYARD_HOME`` is one queue, one database, one daemon."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def resolve(cls, explicit: str | os.PathLike | None = None) -> Home:
+        """``explicit``, else ``$RUNYARD_HOME``, else the platform's user state dir."""
+        chosen = explicit or os.environ.get("RUNYARD_HOME")
+        if chosen:
+            return cls(Path(chosen).expanduser().absolute())
+        # platformdirs is small (a few ms) but only needed when no home is set.
+        from platformdirs import user_state_dir
+
+        return cls(Path(user_state_dir("runyard", appauthor=False)))
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "runyard.db"
+
+    @property
+    def socket_path(self) -> Path:
+        override = os.environ.get("RUNYARD_SOCKET")
+        return Path(override) if override else self.root / "runyard.sock"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "daemon.lock"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.runs_dir / str(run_id)
+
+    def ensure(self) -> None:
+        """Create the home, private to its owner: it holds run environments."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.runs_dir.mkdir(exist_ok=True, mode=0o700)

@@ -1,0 +1,169 @@
+"""Stdlib-only access to the runyard database: connect, submit, read.
+
+This is the one insert path for runs (the daemon and the CLI's offline submit both
+use :func:`insert_run`), and the one read path (:func:`get_run`, :func:`list_runs`).
+It must not import sqlite-utils: ``runyard submit`` and ``runyard ls`` load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine.model import Run, RunSpec, RunState
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
+"""How long a writer waits for the lock. Generous: a submit must never fail with
+"database is locked" because many submitters arrived at once."""
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message is one line that says what to do."""
+
+
+def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the database with WAL, a busy timeout and full fsync on commit.
+
+    ``synchronous=FULL``: an acknowledged submit survives a power cut, not just a crash.
+    """
+    if readonly:
+        uri = f"file:{Path(path).as_posix()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    try:
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise StoreError(
+            f"{path} is not a usable runyard database ({error}); move it aside and run again"
+        ) from None
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    try:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"the runyard database is corrupt ({error}); move it aside and run again") from None
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE``: take the write lock up front, so the busy timeout applies.
+
+    A deferred transaction that reads first and writes later fails at once with
+    SQLITE_BUSY when another writer committed in between; an immediate one waits.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    else:
+        conn.commit()
+
+
+def record_transition(
+    conn: sqlite3.Connection, run_id: int, at: float, from_state: str | None, to_state: str, reason: str
+) -> None:
+    conn.execute(
+        "INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
+        (run_id, at, from_state, to_state, reason),
+    )
+
+
+def insert_run(
+    conn: sqlite3.Connection,
+    spec: RunSpec,
+    *,
+    now: float,
+    runs_dir: Path,
+    uid: int | None,
+    user: str | None,
+    reason: str = "waiting: not yet considered by the engine",
+) -> int:
+    """Queue a run; returns its id. One transaction: the run exists fully or not at all."""
+    with write_transaction(conn):
+        cursor = conn.execute(
+            """
+            INSERT INTO runs (name, state, reason, priority, held, argv, cwd, env, envelope,
+                              grace_s, gpus, submitted_at, uid, user)
+            VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?)
+            """,
+            (
+                spec.name or "",
+                reason,
+                spec.priority,
+                int(spec.held),
+                json.dumps(list(spec.argv)),
+                spec.cwd,
+                json.dumps(spec.env),
+                json.dumps(spec.envelope.to_dict()),
+                spec.grace_s,
+                now,
+                uid,
+                user,
+            ),
+        )
+        run_id = cursor.lastrowid
+        run_dir = runs_dir / str(run_id)
+        name = spec.name or _default_name(spec.argv, run_id)
+        conn.execute(
+            "UPDATE runs SET name = ?, run_dir = ?, log_path = ? WHERE id = ?",
+            (name, str(run_dir), str(run_dir / "output.log"), run_id),
+        )
+        record_transition(conn, run_id, now, None, RunState.QUEUED.value, "submitted")
+    return run_id
+
+
+def _default_name(argv: tuple[str, ...], run_id: int) -> str:
+    program = Path(argv[0]).name if argv else "run"
+    # "python train.py" says less than "train.py": name a script run by its script.
+    if program.startswith("python") and len(argv) > 1 and not argv[1].startswith("-"):
+        program = Path(argv[1]).name
+    return f"{program}-{run_id}"
+
+
+def get_run(conn: sqlite3.Connection, run_id: int) -> Run | None:
+    row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return Run.from_row(dict(row)) if row else None
+
+
+ACTIVE_STATES = (RunState.QUEUED.value, RunState.RUNNING.value)
+
+
+def list_runs(
+    conn: sqlite3.Connection, *, include_finished: bool = True, recent_finished: int | None = None
+) -> list[Run]:
+    """Runs ordered by id. ``include_finished=False`` keeps queued and running runs,
+    plus the ``recent_finished`` most recently ended ones when that is given."""
+    if include_finished:
+        rows = conn.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        return [Run.from_row(dict(row)) for row in rows]
+    rows = conn.execute(
+        "SELECT * FROM runs WHERE state IN (?, ?) ORDER BY id", ACTIVE_STATES
+    ).fetchall()
+    runs = [Run.from_row(dict(row)) for row in rows]
+    if recent_finished:
+        ended = conn.execute(
+            "SELECT * FROM runs WHERE state NOT IN (?, ?) ORDER BY ended_at DESC, id DESC LIMIT ?",
+            (*ACTIVE_STATES, recent_finished),
+        ).fetchall()
+        runs.extend(Run.from_row(dict(row)) for row in ended)
+        runs.sort(key=lambda run: run.id)
+    return runs
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
