@@ -2,9 +2,69 @@
 
 A pure, deterministic function of (queue, what running runs hold, what the box shows
 free, the clock). No I/O, no clock reads, no randomness: every scheduling behaviour is
-testable without a GPU and without sleeping.
+testable without a GPU and without sleeping. The same inputs, in any queue order, give
+the same :class:`Decision`.
 
-IMPLEMENTATION PENDING (see docstring of :func:`decide` for the contract).
+Rules, in the order :func:`decide` applies them:
+
+1. **Order.** Highest ``priority`` first, then earliest ``submitted_at``, then lowest
+   ``run_id``.
+2. **Refusal.** A run whose envelope exceeds what never changes on this box (GPU count,
+   the memory of its cards, CPU count, memory) goes to ``Decision.refused`` with a line
+   such as ``asks 3 GPUs; this box has 2``, whether or not it is held. Disk, foreign
+   usage and unavailable GPUs change, so they only ever make a run wait.
+3. **Held** runs wait ("held: release it with `runyard release 12`"); while
+   **draining** every other run waits too ("draining: ..."). Neither blocks nor
+   reserves anything.
+4. **What is free now.** CPUs: ``box.cpus`` minus what runyard runs hold; other users'
+   CPU load is not subtracted, CPUs are time-shared and a busy box only runs slower.
+   Memory: ``mem_total - mem_foreign`` minus holdings. Disk: ``disk_free`` minus
+   holdings' ``disk_bytes``.
+5. **GPUs.** ``gpus=N`` without ``gpu_mem_bytes`` takes N whole cards that are
+   available, used by no runyard run, and idle outside runyard (no foreign compute
+   process, foreign memory under :data:`IDLE_GPU_MEM_BYTES`). With ``gpu_mem_bytes=M``
+   it takes N distinct available cards not held whole, each keeping
+   ``mem_foreign + runyard reservations + M <= mem_total`` (eight 10G runs share one
+   80G card). Least loaded cards first (foreign plus runyard bytes), ties by lower index:
+   shared runs spread out and get headroom, at the price of fewer whole cards, which
+   reservations (rule 7) keep whole-card runs from starving over. Cards a reservation
+   counts on are used last when that lets a run start.
+6. **Greedy.** Each run that fits now starts, and what it takes is subtracted before the
+   next run is considered.
+7. **Backfill that never starves the head.** A run R that cannot start gets a
+   reservation: the earliest moment S at which it fits when what runyard runs hold is
+   released in order of ``expected_end``. A holding without ``expected_end`` (no time
+   limit; also runs started in this call without one) counts as ending *now*: the
+   most protective assumption for R. A later run C that fits now starts only if, for
+   every reservation, C ends by S (``now + time_limit_s <= S``) or R still fits at S
+   with C's resources held on C's GPUs. Otherwise C waits (``waiting: would delay
+   run 12 (higher priority), which needs 2 GPUs in 1h30m``).
+
+   * If R does not fit even with everything runyard holds released (other users' memory
+     or cards), S is infinite: R reserves nothing, since no runyard run can delay it.
+   * Only the first :data:`MAX_RESERVATIONS` blocked runs reserve (each reservation
+     costs a scan of the holdings, and every later candidate is checked against every
+     reservation). Runs past the cap wait behind them unprotected: smaller runs may
+     overtake them until they move up into the protected set.
+   * A run held back only because it would delay a reservation reserves nothing itself;
+     once that reservation is past it competes in queue order again.
+   * Each reservation is computed on its own, ignoring the reservations ahead of it, so
+     S may be optimistic for a run queued behind another blocked run; what it protects
+     against is still exactly the runs behind it.
+
+Waiting reasons name the first missing resource (GPUs, then CPUs, memory, disk), with
+numbers measured after this call's starts; a run held back by a reservation names the
+run it would delay, what that run needs, and how long until it can start::
+
+    waiting: needs 2 GPUs, 1 free, 1 unavailable
+    waiting: needs 2 GPUs, 0 free, 1 in use outside runyard
+    waiting: needs 1 GPU with 10G free, most free is 6G
+    waiting: needs 2 GPUs with 10G free each, 1 has that much
+    waiting: needs 4 CPUs, 1.5 free
+    waiting: needs 16G memory, 9.5G free
+    waiting: needs 20G disk, 3G free
+    waiting: would delay run 12 (higher priority), which needs 2 GPUs in 1h30m
+    waiting: would delay run 12 (queued earlier), which needs 4 CPUs
 """
 
 from __future__ import annotations
@@ -12,7 +72,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from engine._packing import CPU_EPSILON, IDLE_GPU_MEM_BYTES, Claim, Pool, earliest_fit, format_cpus, plural
 from engine.envelope import Envelope
+from engine.units import format_duration, format_size
+
+__all__ = [
+    "IDLE_GPU_MEM_BYTES",
+    "MAX_RESERVATIONS",
+    "BoxView",
+    "Decision",
+    "GpuView",
+    "Holding",
+    "QueuedRun",
+    "Start",
+    "decide",
+    "never_fits",
+    "queue_order",
+]
 
 
 @dataclass(frozen=True)
@@ -82,9 +158,42 @@ class Decision:
     """Queued runs that can never fit this box, with a one-line reason naming the resource."""
 
 
+MAX_RESERVATIONS = 32
+"""Blocked runs, in queue order, that hold a reservation against backfill."""
+
+HELD_REASON = "held: release it with `runyard release {run_id}`"
+DRAINING_REASON = "draining: the engine admits nothing new (runyard undrain)"
+
+
 def never_fits(envelope: Envelope, box: BoxView) -> str | None:
-    """Why ``envelope`` can never run on ``box`` even when it is empty, or ``None``."""
-    raise NotImplementedError
+    """Why ``envelope`` can never run on ``box`` even when it is empty, or ``None``.
+
+    Only totals that do not change while the engine runs count: a GPU that is lost or
+    busy now, or a full disk, is a reason to wait, not to refuse.
+    """
+    if envelope.gpus > len(box.gpus):
+        return f"asks {plural(envelope.gpus, 'GPU')}; this box has {len(box.gpus)}"
+    if envelope.gpu_mem_bytes is not None:
+        wanted = envelope.gpu_mem_bytes
+        # A card NVML cannot size reports 0 bytes; it may be big enough once readable.
+        unknown = sum(card.mem_total <= 0 for card in box.gpus)
+        known = [card.mem_total for card in box.gpus if card.mem_total > 0]
+        big_enough = sum(size >= wanted for size in known)
+        if big_enough + unknown < envelope.gpus:
+            if not big_enough:
+                return f"asks {format_size(wanted)} per GPU; the largest GPU here has {format_size(max(known))}"
+            cards = "1 GPU here has" if big_enough == 1 else f"{big_enough} GPUs here have"
+            return f"asks {envelope.gpus} GPUs with {format_size(wanted)} each; only {cards} that much"
+    if envelope.cpus > box.cpus + CPU_EPSILON:
+        return f"asks {plural(envelope.cpus, 'CPU')}; this box has {format_cpus(box.cpus)}"
+    if envelope.mem_bytes > box.mem_total:
+        return f"asks {format_size(envelope.mem_bytes)} memory; this box has {format_size(box.mem_total)}"
+    return None
+
+
+def queue_order(run: QueuedRun) -> tuple[int, float, int]:
+    """Sort key: highest priority, then earliest submitted, then lowest id."""
+    return (-run.priority, run.submitted_at, run.run_id)
 
 
 def decide(
@@ -95,5 +204,166 @@ def decide(
     *,
     draining: bool = False,
 ) -> Decision:
-    """Decide admissions. See module docstring."""
-    raise NotImplementedError
+    """Decide admissions by the rules in the module docstring.
+
+    Args:
+        queue: Queued runs, in any order; run ids must be unique.
+        holdings: What runyard's running runs hold.
+        box: Totals and other users' usage, as probed.
+        now: The current Unix time; only compared with ``expected_end`` and time limits.
+        draining: Start nothing (held and refused runs are still reported as such).
+
+    Returns:
+        The starts in order with their GPUs, a reason for every other run.
+
+    Raises:
+        ValueError: Two queued runs share an id.
+    """
+    ids = [run.run_id for run in queue]
+    if len(set(ids)) != len(ids):
+        raise ValueError("admission got the same run id twice in the queue; pass each queued run once")
+    return _Admission(holdings, box, now).run(sorted(queue, key=queue_order), draining)
+
+
+@dataclass
+class _Reservation:
+    run: QueuedRun
+    start_s: float
+    pool_at_start: Pool
+    """The box at ``start_s`` as promised to ``run``: ``run`` always fits in it. Backfilled
+    runs still running at ``start_s`` are claimed here."""
+
+
+class _Admission:
+    """One call of :func:`decide`: the state that evolves as runs are walked in order."""
+
+    def __init__(self, holdings: Sequence[Holding], box: BoxView, now: float) -> None:
+        self.box = box
+        self.now = now
+        self.pool = Pool(box)
+        self.releases: list[tuple[float, int, Claim]] = []
+        for holding in holdings:
+            self._hold(Claim.of(holding.envelope, holding.gpus), holding.expected_end)
+        self.reservations: list[_Reservation] = []
+        self.reserved_gpus: set[int] = set()
+
+    def _hold(self, claim: Claim, end: float | None) -> None:
+        self.pool.claim(claim)
+        # No end, or an end already past (the run is being stopped): it may go at any moment.
+        release_s = self.now if end is None else max(end, self.now)
+        self.releases.append((release_s, len(self.releases), claim))
+
+    def run(self, ordered: Sequence[QueuedRun], draining: bool) -> Decision:
+        starts: list[Start] = []
+        waiting: dict[int, str] = {}
+        refused: dict[int, str] = {}
+        unplaceable: list[QueuedRun] = []
+        # Memos keep a 10,000-run queue of a few shapes cheap. Within one call resources only
+        # shrink and reservations only accumulate, so a shape that did not fit cannot fit
+        # later, and one that would delay a reservation would still delay it (at worst a
+        # different card choice could have spared it: the memo errs on the safe side).
+        refusals: dict[tuple, str | None] = {}
+        no_fit: set[tuple] = set()
+        delayed: dict[tuple, _Delay] = {}
+        for run in ordered:
+            envelope = run.envelope
+            shape = _shape(envelope)
+            if shape not in refusals:
+                refusals[shape] = never_fits(envelope, self.box)
+            if refusals[shape] is not None:
+                refused[run.run_id] = refusals[shape]
+                continue
+            if run.held:
+                waiting[run.run_id] = HELD_REASON.format(run_id=run.run_id)
+                continue
+            if draining:
+                waiting[run.run_id] = DRAINING_REASON
+                continue
+            gpus = None if shape in no_fit else self.pool.place(envelope)
+            if gpus is None:
+                no_fit.add(shape)
+                waiting[run.run_id] = ""  # filled below, against the pool after every start
+                unplaceable.append(run)
+                self._reserve(run)
+                continue
+            timed_shape = (shape, envelope.time_limit_s)
+            outcome = delayed.get(timed_shape) or self._admit(run, gpus)
+            if isinstance(outcome, _Delay):
+                delayed[timed_shape] = outcome
+                waiting[run.run_id] = outcome.reason(run, self.now)
+            else:
+                starts.append(Start(run.run_id, outcome))
+        shortfalls: dict[tuple, tuple[str, str] | None] = {}
+        for run in unplaceable:
+            shape = _shape(run.envelope)
+            if shape not in shortfalls:
+                shortfalls[shape] = self.pool.shortfall(run.envelope)
+            need_have = shortfalls[shape]
+            waiting[run.run_id] = f"waiting: needs {need_have[0]}, {need_have[1]}" if need_have else "waiting"
+        return Decision(starts=tuple(starts), waiting=waiting, refused=refused)
+
+    def _reserve(self, run: QueuedRun) -> None:
+        if len(self.reservations) >= MAX_RESERVATIONS:
+            return
+        found = earliest_fit(run.envelope, self.pool, self.releases, self.now)
+        if found is None:
+            return
+        start_s, pool_at_start = found
+        self.reservations.append(_Reservation(run, start_s, pool_at_start))
+        self.reserved_gpus.update(pool_at_start.place(run.envelope) or ())
+
+    def _admit(self, run: QueuedRun, gpus: tuple[int, ...]) -> tuple[int, ...] | _Delay:
+        """Hold ``run``'s resources and return its GPUs, or why it would delay a reservation.
+
+        ``gpus`` is the least loaded placement; if that delays someone, cards that no
+        reservation counts on are tried before giving up.
+        """
+        envelope = run.envelope
+        end = None if envelope.time_limit_s is None else self.now + envelope.time_limit_s
+        claim = Claim.of(envelope, gpus)
+        blocker = self._first_delayed(claim, end)
+        if blocker is not None and envelope.gpus and self.reserved_gpus:
+            spared = self.pool.place(envelope, avoid=self.reserved_gpus)
+            if spared is not None and spared != gpus:
+                spared_claim = Claim.of(envelope, spared)
+                if self._first_delayed(spared_claim, end) is None:
+                    blocker, claim = None, spared_claim
+        if blocker is not None:
+            # What the blocked run would lack at its start, with this run's share held.
+            trial = blocker.pool_at_start.copy()
+            trial.claim(claim)
+            need_have = trial.shortfall(blocker.run.envelope)
+            return _Delay(blocker, need_have[0] if need_have else blocker.run.envelope.describe())
+        self._hold(claim, end)
+        for reservation in self.reservations:
+            if end is None or end > reservation.start_s:
+                reservation.pool_at_start.claim(claim)
+        return claim.gpus
+
+    def _first_delayed(self, claim: Claim, end: float | None) -> _Reservation | None:
+        for reservation in self.reservations:
+            if end is not None and end <= reservation.start_s:
+                continue
+            if not reservation.pool_at_start.still_fits(reservation.run.envelope, claim):
+                return reservation
+        return None
+
+
+def _shape(envelope: Envelope) -> tuple:
+    """What decides whether an envelope fits now (its time limit does not)."""
+    return (envelope.cpus, envelope.mem_bytes, envelope.gpus, envelope.gpu_mem_bytes, envelope.disk_bytes)
+
+
+@dataclass(frozen=True)
+class _Delay:
+    """A run that fits now but would push back ``blocker``, which needs ``need`` at its start."""
+
+    blocker: _Reservation
+    need: str
+
+    def reason(self, run: QueuedRun, now: float) -> str:
+        ahead = self.blocker.run
+        why = "higher priority" if ahead.priority > run.priority else "queued earlier"
+        reason = f"waiting: would delay run {ahead.run_id} ({why}), which needs {self.need}"
+        wait_s = self.blocker.start_s - now
+        return reason + (f" in {format_duration(wait_s)}" if wait_s >= 1 else "")

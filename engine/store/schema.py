@@ -6,6 +6,7 @@ Each migration ends by setting ``PRAGMA user_version`` to its number, so light c
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from pathlib import Path
 
@@ -69,16 +70,25 @@ def m001_runs(db: Database) -> None:
 def migrate(db_path: Path) -> None:
     """Bring the database at ``db_path`` to the current schema (creating it if needed).
 
+    Safe to call from many processes at once: they take turns on a lock file beside the
+    database, so a migration is never applied twice nor raced half-way.
+
     Raises :class:`sqlite3.DatabaseError` for a file that is not a runyard database.
     """
-    conn = connect(db_path)
-    try:
-        db = Database(conn)
-        migrations.apply(db)
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"schema version {version} after migrating, expected {SCHEMA_VERSION}"
-            )
-    finally:
-        conn.close()
+    lock_path = Path(f"{db_path}.migrate.lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        conn = connect(db_path)
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                # Readers never block the writer, and the writer never blocks readers.
+                conn.execute("PRAGMA journal_mode=WAL")
+            db = Database(conn)
+            migrations.apply(db)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"schema version {version} after migrating, expected {SCHEMA_VERSION}"
+                )
+        finally:
+            conn.close()

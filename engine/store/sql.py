@@ -26,9 +26,11 @@ class StoreError(RuntimeError):
 
 
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the database with WAL, a busy timeout and full fsync on commit.
+    """Open the database with a busy timeout and full fsync on commit.
 
     ``synchronous=FULL``: an acknowledged submit survives a power cut, not just a crash.
+    WAL is switched on once, by :func:`engine.store.schema.migrate` (it is persistent, and
+    switching needs an exclusive lock that a crowd of new clients would fight over).
     """
     if readonly:
         uri = f"file:{Path(path).as_posix()}?mode=ro"
@@ -37,23 +39,25 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     try:
-        if not readonly:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
     except sqlite3.DatabaseError as error:
         conn.close()
-        raise StoreError(
-            f"{path} is not a usable runyard database ({error}); move it aside and run again"
-        ) from None
+        raise store_error(path, error) from None
     return conn
+
+
+def store_error(path: Path | str, error: sqlite3.DatabaseError) -> StoreError:
+    if isinstance(error, sqlite3.OperationalError):
+        return StoreError(f"cannot use {path} ({error}); check the disk and permissions, then try again")
+    return StoreError(f"{path} is not a usable runyard database ({error}); move it aside and run again")
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
     try:
         return conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as error:
-        raise StoreError(f"the runyard database is corrupt ({error}); move it aside and run again") from None
+        raise store_error("the runyard database", error) from None
 
 
 @contextlib.contextmanager

@@ -1,0 +1,376 @@
+"""The composition root: builds the engine's parts and serves them on a Unix socket.
+
+``runyard --daemon`` runs :func:`run` in the foreground (systemd ``Type=simple``); the
+TUI runs the very same server in a background thread (:func:`start_embedded`) when no
+daemon is up. Either way one process per ``RUNYARD_HOME`` holds ``daemon.lock``.
+
+When the engine runs, on an asyncio loop in one thread:
+- APScheduler's interval job ticks every ``TICK_INTERVAL_S`` (foreign usage changes,
+  runs queued by an offline ``runyard submit``);
+- a request that changes the queue ticks at once;
+- each running run's pidfd wakes the loop the moment its process ends;
+- a timer fires at the next time limit or end of a grace period.
+SIGTERM or SIGINT stops the engine and leaves every run running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import pwd
+import signal
+import socket
+import sqlite3
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from engine import protocol
+from engine.engine import Engine
+from engine.launcher import LocalLauncher
+from engine.paths import Home
+from engine.probes.host import HostProbe
+from engine.store import sql
+from engine.store.runs import RunStore
+from engine.store.schema import migrate
+
+log = logging.getLogger("runyard.daemon")
+
+TICK_INTERVAL_S = 2.0
+
+
+class DaemonError(RuntimeError):
+    """The daemon cannot start; the message is one line that says what to do."""
+
+
+@dataclass
+class DaemonConfig:
+    home: Home
+    simulate_gpus: str | None = None
+    mode: str = "daemon"
+    install_signals: bool = True
+
+
+def gpu_probe_for(config: DaemonConfig) -> tuple[Any, str]:
+    """The simulated probe when asked for, else NVML when present, else no GPUs."""
+    spec = config.simulate_gpus or os.environ.get("RUNYARD_SIMULATE_GPUS")
+    if spec:
+        from engine.probes.simulated import SimulatedGpuProbe
+
+        try:
+            return SimulatedGpuProbe(spec, foreign_file=config.home.root / "simulated-gpus.json"), f"simulated {spec}"
+        except ValueError as error:
+            raise DaemonError(str(error)) from None
+    from engine.probes.gpu import open_nvml
+
+    probe, status = open_nvml()
+    if probe is not None:
+        return probe, f"nvml: {status}"
+    return _NoGpus(), f"none: {status}"
+
+
+class _NoGpus:
+    """A box without GPUs (no driver, no NVML): samples nothing, never fails."""
+
+    def sample(self) -> tuple:
+        return ()
+
+    def close(self) -> None:
+        pass
+
+
+def _acquire_lock(home: Home) -> int:
+    fd = os.open(home.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise DaemonError(
+            f"another runyard engine (pid {holder}) already serves {home.root}; "
+            "use it (`runyard ls`), or stop it first"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def open_store(home: Home) -> RunStore:
+    """Migrate and open the database, turning every way it can be broken into one line."""
+    home.ensure()
+    try:
+        migrate(home.db_path)
+        conn = sql.connect(home.db_path)
+        sql.schema_version(conn)
+    except sqlite3.DatabaseError as error:
+        raise DaemonError(str(sql.store_error(home.db_path, error))) from None
+    except sql.StoreError as error:
+        raise DaemonError(str(error)) from None
+    except OSError as error:
+        raise DaemonError(f"cannot open {home.db_path}: {error.strerror}; check the disk and permissions") from None
+    return RunStore(conn, home.runs_dir)
+
+
+def build_engine(config: DaemonConfig) -> Engine:
+    store = open_store(config.home)
+    gpu_probe, gpu_source = gpu_probe_for(config)
+    return Engine(
+        store,
+        LocalLauncher(config.home.runs_dir),
+        HostProbe(config.home.root),
+        gpu_probe,
+        gpu_source=gpu_source,
+        mode=config.mode,
+        home=config.home.root,
+    )
+
+
+@dataclass
+class Server:
+    """The running engine on its loop: the socket, the timers and the pidfd watches."""
+
+    engine: Engine
+    config: DaemonConfig
+    loop: asyncio.AbstractEventLoop
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _tick_pending: bool = False
+    _deadline_timer: asyncio.TimerHandle | None = None
+    _watched: dict[int, int] = field(default_factory=dict)  # run id -> pidfd
+
+    def wake(self) -> None:
+        """Ask for a tick soon; many wakes before it runs make one tick."""
+        if not self._tick_pending and not self.stopping.is_set():
+            self._tick_pending = True
+            self.loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self._tick_pending = False
+        try:
+            next_deadline = self.engine.tick()
+        except Exception:
+            log.exception("tick failed; retrying on the next one")
+            next_deadline = None
+        self._arm_deadline(next_deadline)
+        self._sync_watches()
+
+    def _arm_deadline(self, at: float | None) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if at is not None:
+            delay = max(0.0, at - self.engine.clock()) + 0.01
+            self._deadline_timer = self.loop.call_later(delay, self.wake)
+
+    def _sync_watches(self) -> None:
+        from engine.model import RunState
+
+        running = {run.id: run for run in self.engine.store.in_state(RunState.RUNNING)}
+        for run_id in list(self._watched):
+            if run_id not in running:
+                self._unwatch(run_id)
+        for run_id, run in running.items():
+            if run_id in self._watched:
+                continue
+            fd = self.engine.launcher.exit_fd(run)
+            if fd is None:
+                continue
+            self._watched[run_id] = fd
+            self.loop.add_reader(fd, self._on_exit, run_id)
+
+    def _on_exit(self, run_id: int) -> None:
+        self._unwatch(run_id)
+        self.wake()
+
+    def _unwatch(self, run_id: int) -> None:
+        fd = self._watched.pop(run_id, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+
+    def close_watches(self) -> None:
+        for run_id in list(self._watched):
+            self._unwatch(run_id)
+
+    # ---------------------------------------------------------------- requests
+
+    async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer_credentials(writer.get_extra_info("socket"))
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (asyncio.LimitOverrunError, ValueError):
+                    writer.write(protocol.encode_error("request too large", protocol.EXIT_BAD_INPUT))
+                    break
+                if not line:
+                    break
+                writer.write(self.answer(line, peer))
+                await writer.drain()
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def answer(self, line: bytes, peer: tuple[int, int, int] | None) -> bytes:
+        try:
+            op, args = protocol.decode_request(line)
+            result = self.dispatch(op, args, peer)
+        except protocol.RequestError as error:
+            return protocol.encode_error(str(error), error.code)
+        except Exception as error:  # a bug must not take the daemon down with it
+            log.exception("request failed")
+            return protocol.encode_error(f"internal error: {error}", protocol.EXIT_ERROR)
+        return protocol.encode_result(result)
+
+    def dispatch(self, op: str, args: dict[str, Any], peer: tuple[int, int, int] | None) -> Any:
+        engine = self.engine
+        uid = peer[1] if peer else None
+        if op == "hello":
+            return {"version": protocol.PROTOCOL_VERSION, "pid": os.getpid(), "mode": self.config.mode,
+                    "home": str(self.config.home.root)}
+        if op == "submit":
+            run = engine.submit(args, uid=uid, user=_user_name(uid))
+            self.wake()
+            return run.to_json()
+        if op == "ls":
+            return [run.to_json() for run in engine.list_runs(include_finished=bool(args.get("all")))]
+        if op == "show":
+            run = engine.get(args.get("id"))
+            data = run.to_json(with_env=True)
+            data["transitions"] = engine.store.transitions(run.id)
+            return data
+        if op == "cancel":
+            run = engine.cancel(args.get("id"))
+            self.wake()
+            return run.to_json()
+        if op in ("hold", "release"):
+            run = engine.set_held(args.get("id"), op == "hold")
+            self.wake()
+            return run.to_json()
+        if op in ("drain", "undrain"):
+            result = engine.set_draining(op == "drain")
+            self.wake()
+            return result
+        if op == "status":
+            return engine.status()
+        raise protocol.RequestError(f"unknown request {op!r}; known: {', '.join(protocol.OPS)}")
+
+
+def _peer_credentials(sock: socket.socket | None) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end, as the kernel tells it."""
+    if sock is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return struct.unpack("3i", raw)
+
+
+def _user_name(uid: int | None) -> str | None:
+    if uid is None:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+async def serve(config: DaemonConfig, *, on_ready: Callable[[Server], None] | None = None) -> None:
+    """Run the engine until SIGTERM/SIGINT (or :attr:`Server.stopping` is set)."""
+    home = config.home
+    home.ensure()
+    lock_fd = _acquire_lock(home)
+    try:
+        engine = build_engine(config)
+        loop = asyncio.get_running_loop()
+        server = Server(engine, config, loop)
+        engine.recover()
+        socket_path = home.socket_path
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()  # stale: the lock proves no engine is using it
+        listener = await asyncio.start_unix_server(
+            server.handle_connection, path=str(socket_path), limit=protocol.MAX_LINE_BYTES
+        )
+        os.chmod(socket_path, 0o600)
+        scheduler = AsyncIOScheduler(event_loop=loop)
+        scheduler.add_job(server.wake, "interval", seconds=TICK_INTERVAL_S, id="tick",
+                          coalesce=True, max_instances=1)
+        scheduler.start()
+        if config.install_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, server.stopping.set)
+        server.wake()
+        log.info("runyard engine serving %s (pid %s, GPUs: %s)", socket_path, os.getpid(), engine.gpu_source)
+        if on_ready:
+            on_ready(server)
+        try:
+            await server.stopping.wait()
+        finally:
+            if config.install_signals:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
+            scheduler.shutdown(wait=False)
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
+            server.close_watches()
+            engine.gpu_probe.close()
+            engine.store.conn.close()
+            log.info("runyard engine stopped; runs keep running")
+    finally:
+        os.close(lock_fd)
+
+
+def run(config: DaemonConfig) -> None:
+    asyncio.run(serve(config))
+
+
+class EmbeddedEngine:
+    """The engine in a background thread of another program (the TUI)."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self._ready = threading.Event()
+        self._server: Server | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="runyard-engine", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedEngine:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise DaemonError("the embedded engine did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _main(self) -> None:
+        def ready(server: Server) -> None:
+            self._server = server
+            self._ready.set()
+
+        try:
+            asyncio.run(serve(self.config, on_ready=ready))
+        except BaseException as error:  # handed to start() in the caller's thread
+            self._error = error
+            self._ready.set()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        server = self._server
+        if server is not None:
+            server.loop.call_soon_threadsafe(server.stopping.set)
+        self._thread.join(timeout_s)
+
+
+def start_embedded(home: Home, *, simulate_gpus: str | None = None) -> EmbeddedEngine:
+    config = DaemonConfig(home=home, simulate_gpus=simulate_gpus, mode="embedded", install_signals=False)
+    return EmbeddedEngine(config).start()

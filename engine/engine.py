@@ -1,0 +1,393 @@
+"""The engine: one tick reaps exits, enforces stops and time limits, admits and launches.
+
+The tick is a plain method, so tests drive it directly with an injected clock and fake
+probes; the daemon only decides *when* it runs (APScheduler's interval, a submit, a
+pidfd saying a run ended, the next deadline). Collaborators arrive as arguments; only
+:mod:`engine.daemon` knows how to build them.
+
+The database is the source of truth: every tick reads queued and running runs from it,
+so runs queued by an offline ``runyard submit`` are picked up like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine import policy
+from engine.launcher import LaunchError, Launcher, Observation
+from engine.model import Run, RunState
+from engine.probes.attribution import box_view, run_process_trees, run_rss_bytes
+from engine.probes.gpu import GpuSample
+from engine.probes.host import HostSample
+from engine.protocol import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_NO_SUCH_RUN, RequestError
+from engine.store.runs import RunStore
+from engine.submission import spec_from_request
+from engine.units import format_duration
+
+log = logging.getLogger("runyard.engine")
+
+DRAINING_KEY = "draining"
+
+
+class HostProbe(Protocol):
+    def sample(self) -> HostSample: ...
+
+
+class GpuProbe(Protocol):
+    def sample(self) -> tuple[GpuSample, ...]: ...
+
+
+@dataclass
+class Sample:
+    host: HostSample
+    gpus: tuple[GpuSample, ...]
+    box: policy.BoxView
+    at: float
+
+
+class Engine:
+    def __init__(
+        self,
+        store: RunStore,
+        launcher: Launcher,
+        host_probe: HostProbe,
+        gpu_probe: GpuProbe,
+        *,
+        gpu_source: str,
+        clock: Callable[[], float] = time.time,
+        mode: str = "daemon",
+        home: Path | None = None,
+        sample_ttl_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.launcher = launcher
+        self.host_probe = host_probe
+        self.gpu_probe = gpu_probe
+        self.gpu_source = gpu_source
+        self.clock = clock
+        self.mode = mode
+        self.home = home
+        self.sample_ttl_s = sample_ttl_s
+        self.started_at = clock()
+        self._sample: Sample | None = None
+        self._term_delivered: set[int] = set()
+        """Runs whose stop SIGTERM reached a process; a failed delivery (no pid known
+        yet) is retried on the next tick instead of being forgotten."""
+
+    # ----------------------------------------------------------------- ticking
+
+    def tick(self) -> float | None:
+        """One round of supervision and admission; returns when the next one is due
+        for a deadline or a grace period (``None``: nothing timed is pending)."""
+        now = self.clock()
+        for run in self.store.in_state(RunState.RUNNING):
+            self._supervise(run, now)
+        self._admit(now)
+        return self._next_deadline()
+
+    def recover(self) -> None:
+        """At start: settle runs that ended while no engine ran, re-adopt live ones."""
+        for run in self.store.in_state(RunState.RUNNING):
+            observation = self.launcher.observe(run)
+            log.info("recovering run %s: %s %s", run.id, observation.state, observation.detail or "")
+            if observation.state == "lost" and run.shim_pid is None and not observation.child_pid:
+                # It never started: the engine stopped between marking it running and
+                # launching it. Running it now is the only way it runs at all, and it
+                # cannot run twice (no shim or child of it exists).
+                self.store.transition(
+                    run.id, RunState.RUNNING, RunState.QUEUED,
+                    "waiting: requeued, the engine stopped while launching it",
+                    now=self.clock(), started_at=None, gpus=(), pid=None, pid_started_at=None,
+                    shim_pid=None, shim_started_at=None,
+                )
+                continue
+            self._supervise(run, self.clock(), observation)
+
+    def sample(self, *, fresh: bool = False) -> Sample:
+        now = self.clock()
+        if fresh or self._sample is None or now - self._sample.at >= self.sample_ttl_s:
+            host = self.host_probe.sample()
+            gpus = tuple(self.gpu_probe.sample())
+            running = self.store.in_state(RunState.RUNNING)
+            trees = run_process_trees({run.id: run.pid for run in running if run.pid})
+            rss = sum(run_rss_bytes(trees).values())
+            self._sample = Sample(host, gpus, box_view(host, gpus, trees, rss), now)
+        return self._sample
+
+    # ------------------------------------------------------------- supervision
+
+    def _supervise(self, run: Run, now: float, observation: Observation | None = None) -> None:
+        observation = observation or self.launcher.observe(run)
+        if observation.state == "exited":
+            self._finish(run, observation, now)
+            return
+        if observation.state == "lost":
+            self._term_delivered.discard(run.id)
+            self.store.transition(
+                run.id, RunState.RUNNING, RunState.FAILED, f"lost: {observation.detail}",
+                now=now, ended_at=now,
+            )
+            return
+        learned: dict[str, object] = {}
+        if run.pid is None and observation.child_pid:
+            learned.update(pid=observation.child_pid, pid_started_at=observation.child_started_at)
+        if run.shim_pid is None and observation.shim_pid:
+            # Adopted after a crash between launch and recording the shim: remember it,
+            # or every tick would search for it again.
+            learned.update(shim_pid=observation.shim_pid, shim_started_at=observation.shim_started_at)
+        if learned:
+            self.store.update(run.id, RunState.RUNNING, **learned)
+            run = self.store.get(run.id) or run
+        if run.stop_request is None and run.deadline is not None and now >= run.deadline:
+            limit = format_duration(run.envelope.time_limit_s)
+            self._request_stop(run, "timeout", f"time limit {limit} reached; stopping", now)
+            run = self.store.get(run.id) or run
+        if run.stop_request is None:
+            return
+        if run.id not in self._term_delivered and run.kill_sent_at is None:
+            if self.launcher.signal(run, signal.SIGTERM):
+                self._term_delivered.add(run.id)
+        if run.kill_sent_at is None and now >= (run.stop_requested_at or now) + run.grace_s:
+            if self.launcher.signal(run, signal.SIGKILL):
+                self.store.update(run.id, RunState.RUNNING, kill_sent_at=now)
+
+    def _request_stop(self, run: Run, kind: str, reason: str, now: float) -> None:
+        grace = format_duration(run.grace_s)
+        self.store.update(
+            run.id, RunState.RUNNING, stop_request=kind, stop_requested_at=now,
+            reason=f"{reason} (SIGTERM, then SIGKILL after {grace})",
+        )
+
+    def _finish(self, run: Run, observation: Observation, now: float) -> None:
+        self._term_delivered.discard(run.id)
+        state, reason = _outcome(run, observation)
+        self.store.transition(
+            run.id, RunState.RUNNING, state, reason, now=now,
+            ended_at=observation.ended_at or now, exit_code=observation.exit_code, signal=observation.signal,
+            pid=run.pid or observation.child_pid,
+        )
+
+    def _next_deadline(self) -> float | None:
+        times = []
+        for run in self.store.in_state(RunState.RUNNING):
+            if run.stop_request is None and run.deadline is not None:
+                times.append(run.deadline)
+            elif run.stop_request is not None and run.kill_sent_at is None:
+                times.append((run.stop_requested_at or 0) + run.grace_s)
+        return min(times) if times else None
+
+    # --------------------------------------------------------------- admission
+
+    def _admit(self, now: float) -> None:
+        queued = self.store.in_state(RunState.QUEUED)
+        if not queued:
+            return
+        running = self.store.in_state(RunState.RUNNING)
+        box = self.sample().box
+        decision = policy.decide(
+            [
+                policy.QueuedRun(run.id, run.envelope, run.priority, run.submitted_at, run.held)
+                for run in queued
+            ],
+            [policy.Holding(run.id, run.envelope, run.gpus, run.deadline) for run in running],
+            box,
+            now,
+            draining=self.draining,
+        )
+        by_id = {run.id: run for run in queued}
+        for run_id, reason in decision.refused.items():
+            self.store.transition(
+                run_id, RunState.QUEUED, RunState.FAILED, f"refused: {reason}", now=now, ended_at=now
+            )
+        for start in decision.starts:
+            self._launch(by_id[start.run_id], start.gpus, now)
+        self.store.set_reasons(decision.waiting)
+        if decision.starts:
+            self._sample = None  # what the new runs hold must show in the next sample
+
+    def _launch(self, run: Run, gpus: tuple[int, ...], now: float) -> None:
+        # Mark it running *before* the process exists: a crash in between leaves a
+        # running row with no shim, which recovery requeues. The other order could
+        # leave a live process behind a queued row and run it twice.
+        if not self.store.transition(
+            run.id, RunState.QUEUED, RunState.RUNNING, "running", now=now, started_at=now, gpus=gpus
+        ):
+            return
+        run = self.store.get(run.id)
+        assert run is not None
+        try:
+            launched = self.launcher.launch(run, run_environment(run))
+        except LaunchError as error:
+            self.store.transition(
+                run.id, RunState.RUNNING, RunState.FAILED, f"cannot start: {error}", now=now, ended_at=now
+            )
+            return
+        self.store.update(
+            run.id, RunState.RUNNING, shim_pid=launched.shim_pid, shim_started_at=launched.shim_started_at
+        )
+
+    # ---------------------------------------------------------------- requests
+
+    @property
+    def draining(self) -> bool:
+        return self.store.get_meta(DRAINING_KEY) == "1"
+
+    def submit(self, args: dict[str, Any], *, uid: int | None, user: str | None) -> Run:
+        spec = spec_from_request(args)
+        problem = policy.never_fits(spec.envelope, self.sample().box)
+        if problem:
+            raise RequestError(f"{problem}; nothing was queued", EXIT_BAD_INPUT)
+        return self.store.submit(spec, now=self.clock(), uid=uid, user=user)
+
+    def get(self, run_id: Any) -> Run:
+        try:
+            number = int(run_id)
+        except (TypeError, ValueError):
+            raise RequestError(f"{run_id!r} is not a run id (a number, as `runyard ls` shows)") from None
+        run = self.store.get(number)
+        if run is None:
+            raise RequestError(f"no run {number}; `runyard ls --all` lists them", EXIT_NO_SUCH_RUN)
+        return run
+
+    def cancel(self, run_id: Any) -> Run:
+        run = self.get(run_id)
+        now = self.clock()
+        if run.state is RunState.QUEUED:
+            if not self.store.transition(
+                run.id, RunState.QUEUED, RunState.CANCELLED, "cancelled before it started", now=now, ended_at=now
+            ):
+                return self.cancel(run_id)  # it started meanwhile: cancel it as a running run
+        elif run.state is RunState.RUNNING:
+            if run.stop_request != "cancel":
+                self._request_stop(run, "cancel", "cancelling", now)
+                self._supervise(self.get(run.id), now)
+        else:
+            raise RequestError(f"run {run.id} has already ended ({run.state.value}); nothing to cancel", EXIT_ERROR)
+        return self.get(run.id)
+
+    def set_held(self, run_id: Any, held: bool) -> Run:
+        run = self.get(run_id)
+        if run.state is not RunState.QUEUED:
+            raise RequestError(
+                f"run {run.id} is {run.state.value}; only queued runs can be held or released", EXIT_ERROR
+            )
+        reason = f"held: release it with `runyard release {run.id}`" if held else "waiting: released"
+        if not self.store.update(run.id, RunState.QUEUED, held=held, reason=reason):
+            return self.set_held(run_id, held)
+        return self.get(run.id)
+
+    def set_draining(self, draining: bool) -> dict[str, Any]:
+        self.store.set_meta(DRAINING_KEY, "1" if draining else None)
+        return {"draining": draining}
+
+    def list_runs(self, *, include_finished: bool) -> list[Run]:
+        from engine.store import sql
+
+        return sql.list_runs(self.store.conn, include_finished=include_finished, recent_finished=20)
+
+    def status(self) -> dict[str, Any]:
+        from runyard import __version__
+
+        sample = self.sample()
+        running = self.store.in_state(RunState.RUNNING)
+        holders: dict[int, list[int]] = {}
+        reserved_gpu_mem: dict[int, int] = {}
+        for run in running:
+            for index in run.gpus:
+                holders.setdefault(index, []).append(run.id)
+                share = run.envelope.gpu_mem_bytes
+                reserved_gpu_mem[index] = reserved_gpu_mem.get(index, 0) + (share or 0)
+        counts = dict(
+            self.store.conn.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall()
+        )
+        return {
+            "engine": {
+                "pid": os.getpid(),
+                "version": __version__,
+                "home": str(self.home) if self.home else None,
+                "started_at": self.started_at,
+                "draining": self.draining,
+                "mode": self.mode,
+                "gpu_source": self.gpu_source,
+            },
+            "host": {
+                "cpus": sample.host.cpus,
+                "cpu_percent": sample.host.cpu_percent,
+                "mem_total": sample.host.mem_total,
+                "mem_available": sample.host.mem_available,
+                "disk_total": sample.host.disk_total,
+                "disk_free": sample.host.disk_free,
+                "load1": sample.host.load1,
+            },
+            "gpus": [
+                {
+                    "index": gpu.index,
+                    "name": gpu.name,
+                    "uuid": gpu.uuid,
+                    "mem_total": gpu.mem_total,
+                    "mem_used": gpu.mem_used,
+                    "util_percent": gpu.util_percent,
+                    "temperature_c": gpu.temperature_c,
+                    "power_w": gpu.power_w,
+                    "available": gpu.available,
+                    "unavailable_reason": gpu.unavailable_reason,
+                    "holders": holders.get(gpu.index, []),
+                    "mem_reserved": reserved_gpu_mem.get(gpu.index, 0),
+                }
+                for gpu in sample.gpus
+            ],
+            "reserved": {
+                "cpus": sum(run.envelope.cpus for run in running),
+                "mem_bytes": sum(run.envelope.mem_bytes for run in running),
+                "gpus": len({index for run in running for index in run.gpus}),
+            },
+            "counts": {state.value: counts.get(state.value, 0) for state in RunState},
+            "sampled_at": sample.at,
+        }
+
+
+def _outcome(run: Run, observation: Observation) -> tuple[RunState, str]:
+    how = f"killed by {observation.signal}" if observation.signal else f"exit code {observation.exit_code}"
+    if run.stop_request == "cancel":
+        return RunState.CANCELLED, f"cancelled by user; {how}"
+    if run.stop_request == "timeout":
+        return RunState.TIMED_OUT, f"time limit {format_duration(run.envelope.time_limit_s)} reached; {how}"
+    if observation.exit_code == 0:
+        return RunState.SUCCEEDED, "exit code 0"
+    if observation.exit_code == 127:
+        return RunState.FAILED, "exit code 127: command not found"
+    if observation.exit_code == 126:
+        return RunState.FAILED, "exit code 126: command not executable"
+    return RunState.FAILED, how
+
+
+def run_environment(run: Run) -> dict[str, str]:
+    """The run's environment: the submitter's, plus what tells it its envelope."""
+    env = dict(run.env)
+    envelope = run.envelope
+    env.update(
+        RUNYARD_RUN_ID=str(run.id),
+        RUNYARD_RUN_DIR=str(run.run_dir),
+        RUNYARD_CPUS=f"{envelope.cpus:g}",
+        RUNYARD_MEM_BYTES=str(envelope.mem_bytes),
+        # NVML numbers GPUs by PCI bus; CUDA by default numbers the fastest first. The
+        # indices we hand out are NVML's, so CUDA must count the same way.
+        CUDA_DEVICE_ORDER="PCI_BUS_ID",
+        CUDA_VISIBLE_DEVICES=",".join(str(index) for index in run.gpus),
+    )
+    if envelope.gpu_mem_bytes is not None:
+        env["RUNYARD_GPU_MEM_BYTES"] = str(envelope.gpu_mem_bytes)
+    else:
+        env.pop("RUNYARD_GPU_MEM_BYTES", None)
+    if run.deadline is not None:
+        env["RUNYARD_DEADLINE"] = f"{run.deadline:.0f}"
+    else:
+        env.pop("RUNYARD_DEADLINE", None)
+    return env

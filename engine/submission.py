@@ -1,0 +1,60 @@
+"""Validation of a submit request, shared by the daemon and the CLI's offline path.
+
+Light imports only: ``runyard submit`` loads this when no daemon is running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from engine.envelope import Envelope, EnvelopeError
+from engine.model import RunSpec
+from engine.protocol import RequestError
+
+
+def spec_from_request(args: dict[str, Any]) -> RunSpec:
+    """Validate a submit request; raises :class:`RequestError` with a one-line message."""
+    argv = args.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(part, str) for part in argv):
+        raise RequestError("missing command: runyard submit [options] -- CMD [ARGS...]")
+    cwd = args.get("cwd")
+    if not isinstance(cwd, str) or not os.path.isabs(cwd):
+        raise RequestError("cwd must be an absolute path")
+    if not os.path.isdir(cwd):
+        raise RequestError(f"cwd {cwd} is not a directory; pass --cwd with one that exists")
+    env = args.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise RequestError("env must map names to strings")
+    program = resolve_program(argv[0], cwd, env.get("PATH"))
+    if program is None:
+        raise RequestError(
+            f"command not found: {argv[0]} (not on PATH and no such file in {cwd}); give its full path"
+        )
+    try:
+        envelope = Envelope.from_dict(args.get("envelope") or {})
+    except (EnvelopeError, TypeError) as error:
+        raise RequestError(str(error)) from None
+    try:
+        priority = int(args.get("priority") or 0)
+        grace_s = float(args.get("grace_s", 30.0))
+    except (TypeError, ValueError):
+        raise RequestError("priority must be a whole number and grace a duration") from None
+    if grace_s < 0:
+        raise RequestError("--grace cannot be negative")
+    name = args.get("name")
+    if name is not None and not isinstance(name, str):
+        raise RequestError("name must be text")
+    return RunSpec(
+        argv=tuple(argv), cwd=cwd, env=env, name=name or None, priority=priority,
+        envelope=envelope, grace_s=grace_s, held=bool(args.get("held", False)),
+    )
+
+
+def resolve_program(program: str, cwd: str, path: str | None) -> str | None:
+    """Where ``program`` would be found when the run starts in ``cwd`` with ``PATH``."""
+    if "/" in program:
+        candidate = os.path.join(cwd, program)
+        return candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else None
+    return shutil.which(program, path=path if path is not None else os.defpath)

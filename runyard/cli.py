@@ -1,0 +1,426 @@
+"""The ``runyard`` command: a thin client of the daemon.
+
+``submit``, ``ls``, ``show`` and ``logs`` import only light modules (argparse, json,
+socket, sqlite3 and engine's stdlib-only parts); Textual, sqlite-utils, APScheduler,
+psutil and torch load only for the TUI and the daemon. Check with
+``python -X importtime -m runyard.cli ls``.
+
+Exit statuses: 0 ok, 2 bad input, 3 no such run, 1 anything else. Errors are one line on
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from engine.client import Client, ClientError, DaemonUnavailable
+from engine.envelope import DEFAULT_GRACE_S, Envelope, EnvelopeError
+from engine.paths import Home
+from engine.protocol import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_NO_SUCH_RUN, RequestError
+from engine.units import UnitError, format_duration, parse_duration
+
+NO_ENGINE_HINT = "start one with `runyard --daemon` (headless) or `runyard` (the TUI)"
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that says where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_envelope_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("envelope (what the run may use)")
+    group.add_argument("--cpus", help="CPU cores, may be fractional (default 1)")
+    group.add_argument("--mem", help="memory, e.g. 512M, 16G (default 1G)")
+    group.add_argument("--gpus", help="whole GPUs (default 0)")
+    group.add_argument("--gpu-mem", dest="gpu_mem",
+                       help="memory per GPU, e.g. 10G; lets the run share a card (omit: whole GPUs)")
+    group.add_argument("--disk", help="free disk needed under runyard's home, e.g. 20G")
+    group.add_argument("--time", help="wall-clock limit, e.g. 90s, 45m, 2h, 1d, 1:30:00 (default none)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="runyard", description="A control center for ML experiment runs.")
+    parser.add_argument("--daemon", action="store_true", help="run the engine headless in the foreground")
+    parser.add_argument("--simulate-gpus", metavar="SPEC",
+                        help="pretend the box has these GPUs, e.g. 4x80G or 2x80G,1x24G")
+    parser.add_argument("--demo", action="store_true",
+                        help="open the TUI on a demo queue in a throwaway home with 4 simulated GPUs")
+    parser.add_argument("--theme", help="TUI theme name")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    submit = commands.add_parser("submit", help="queue a run", description="Queue a run: runyard submit [options] -- CMD [ARGS...]")
+    _add_envelope_options(submit)
+    submit.add_argument("--name", help="a name to find the run by")
+    submit.add_argument("--priority", type=int, default=0, help="higher starts first (default 0)")
+    submit.add_argument("--grace", default=None, help="time between SIGTERM and SIGKILL on stop (default 30s)")
+    submit.add_argument("--cwd", help="working directory (default: the current one)")
+    submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a variable in the run's environment (repeatable)")
+    submit.add_argument("--hold", action="store_true", help="queue it held: it starts only after `runyard release`")
+    submit.add_argument("--json", action="store_true", help="print the run as JSON")
+    submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+    ls = commands.add_parser("ls", help="list runs")
+    ls.add_argument("--all", action="store_true", help="include every finished run")
+    ls.add_argument("--json", action="store_true")
+
+    show = commands.add_parser("show", help="show one run")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+
+    logs = commands.add_parser("logs", help="print a run's output")
+    logs.add_argument("id")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
+
+    for name, text in (("cancel", "stop a run (SIGTERM, then SIGKILL after its grace)"),
+                       ("hold", "keep a queued run from starting"),
+                       ("release", "let a held run start")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("id")
+        sub.add_argument("--json", action="store_true")
+    commands.add_parser("drain", help="admit nothing new; running runs go on")
+    commands.add_parser("undrain", help="admit runs again")
+    status = commands.add_parser("status", help="the engine and the box's resources")
+    status.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        home = Home.resolve()
+        if args.daemon:
+            return _run_daemon(home, args)
+        if args.command is None:
+            return _run_tui(home, args)
+        return COMMANDS[args.command](home, args)
+    except CliError as error:
+        print(f"runyard: {error}", file=sys.stderr)
+        return error.code
+    except ClientError as error:
+        print(f"runyard: {error}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _client(home: Home) -> Client:
+    return Client(home.socket_path)
+
+
+def cmd_submit(home: Home, args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise CliError("missing command: runyard submit [options] -- CMD [ARGS...]", EXIT_BAD_INPUT)
+    try:
+        envelope = Envelope.parse(cpus=args.cpus, mem=args.mem, gpus=args.gpus, gpu_mem=args.gpu_mem,
+                                  disk=args.disk, time=args.time)
+        grace_s = parse_duration(args.grace) if args.grace is not None else DEFAULT_GRACE_S
+    except (EnvelopeError, UnitError) as error:
+        raise CliError(str(error), EXIT_BAD_INPUT) from None
+    env = dict(os.environ)
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CliError(f"--env {item!r}: write NAME=VALUE", EXIT_BAD_INPUT)
+        env[name] = value
+    request = {
+        "argv": argv,
+        "cwd": os.path.abspath(args.cwd or os.getcwd()),
+        "env": env,
+        "name": args.name,
+        "priority": args.priority,
+        "envelope": envelope.to_dict(),
+        "grace_s": grace_s,
+        "held": args.hold,
+    }
+    try:
+        run = _client(home).call("submit", **request)
+        offline = False
+    except DaemonUnavailable:
+        run = _submit_offline(home, request)
+        offline = True
+    if args.json:
+        print(json.dumps(run, indent=2))
+    else:
+        print(run["id"])
+    if offline:
+        print(f"runyard: queued run {run['id']}, but no engine is running: {NO_ENGINE_HINT}", file=sys.stderr)
+    return 0
+
+
+def _submit_offline(home: Home, request: dict[str, Any]) -> dict[str, Any]:
+    """Queue straight into the database; the next engine to start admits it."""
+    from engine.submission import spec_from_request
+    from engine.store import sql
+
+    try:
+        spec = spec_from_request(request)
+    except RequestError as error:
+        raise CliError(str(error), error.code) from None
+    home.ensure()
+    conn = _open_db(home, create=True)
+    try:
+        run_id = sql.insert_run(conn, spec, now=time.time(), runs_dir=home.runs_dir,
+                                uid=os.getuid(), user=_current_user(),
+                                reason="waiting: no engine is running")
+        run = sql.get_run(conn, run_id)
+    except sql.sqlite3.OperationalError as error:
+        raise CliError(f"cannot queue in {home.db_path}: {error}; check the disk and permissions") from None
+    finally:
+        conn.close()
+    assert run is not None
+    return run.to_json()
+
+
+def _open_db(home: Home, *, create: bool):
+    """The database for an offline client; migrates only when it is new or old."""
+    from engine.store import sql
+
+    if not home.db_path.exists() and not create:
+        return None
+    try:
+        conn = sql.connect(home.db_path, readonly=not create)
+        current = sql.schema_version(conn) == sql.SCHEMA_VERSION
+    except sql.StoreError as error:
+        raise CliError(str(error)) from None
+    if current or not create:
+        return conn
+    conn.close()
+    # A new home: the one time an offline submit pays for sqlite-utils (the schema).
+    import sqlite3
+
+    from engine.store.schema import migrate
+
+    try:
+        migrate(home.db_path)
+    except sqlite3.DatabaseError as error:
+        raise CliError(str(sql.store_error(home.db_path, error))) from None
+    except OSError as error:
+        raise CliError(f"cannot create {home.db_path}: {error.strerror}; check the disk and permissions") from None
+    return sql.connect(home.db_path)
+
+
+def _current_user() -> str | None:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return None
+
+
+def _read_offline(home: Home, fetch):
+    from engine.store import sql
+
+    conn = _open_db(home, create=False)
+    if conn is None:
+        return None
+    try:
+        if sql.schema_version(conn) != sql.SCHEMA_VERSION:
+            return None
+        return fetch(conn)
+    finally:
+        conn.close()
+
+
+def cmd_ls(home: Home, args: argparse.Namespace) -> int:
+    try:
+        runs = _client(home).call("ls", all=args.all)
+    except DaemonUnavailable:
+        from engine.store import sql
+
+        found = _read_offline(home, lambda conn: sql.list_runs(conn, include_finished=args.all, recent_finished=20))
+        runs = [run.to_json() for run in found or []]
+        if not args.json:
+            print(f"runyard: no engine is running ({NO_ENGINE_HINT}); showing the database", file=sys.stderr)
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    print(_format_table(runs))
+    return 0
+
+
+def _format_table(runs: list[dict[str, Any]]) -> str:
+    now = time.time()
+    header = ("ID", "NAME", "STATE", "GPUS", "ENVELOPE", "TIME", "REASON")
+    rows = [header]
+    for run in runs:
+        envelope = Envelope.from_dict(run["envelope"]).describe()
+        if run["started_at"]:
+            elapsed = format_duration((run["ended_at"] or now) - run["started_at"])
+        else:
+            elapsed = "-"
+        gpus = ",".join(str(index) for index in run["gpus"]) or "-"
+        rows.append((str(run["id"]), run["name"], run["state"], gpus, envelope, elapsed, run["reason"]))
+    widths = [max(len(row[col]) for row in rows) for col in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows
+    )
+
+
+def _get_run(home: Home, run_id: str) -> dict[str, Any]:
+    try:
+        return _client(home).call("show", id=run_id)
+    except DaemonUnavailable:
+        from engine.store import sql
+
+        if not run_id.isdigit():
+            raise CliError(f"{run_id!r} is not a run id (a number, as `runyard ls` shows)", EXIT_BAD_INPUT) from None
+        run = _read_offline(home, lambda conn: sql.get_run(conn, int(run_id)))
+        if run is None:
+            raise CliError(f"no run {run_id}; `runyard ls --all` lists them", EXIT_NO_SUCH_RUN) from None
+        return run.to_json(with_env=True)
+
+
+def cmd_show(home: Home, args: argparse.Namespace) -> int:
+    run = _get_run(home, args.id)
+    if args.json:
+        print(json.dumps(run, indent=2))
+        return 0
+    envelope = Envelope.from_dict(run["envelope"])
+    stamp = lambda at: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"  # noqa: E731
+    fields = [
+        ("id", run["id"]), ("name", run["name"]), ("state", run["state"]), ("reason", run["reason"]),
+        ("command", " ".join(run["argv"])), ("cwd", run["cwd"]), ("envelope", envelope.describe()),
+        ("priority", run["priority"]), ("held", "yes" if run["held"] else "no"),
+        ("gpus", ",".join(map(str, run["gpus"])) or "-"), ("pid", run["pid"] or "-"),
+        ("exit code", "-" if run["exit_code"] is None else run["exit_code"]),
+        ("submitted", stamp(run["submitted_at"])), ("started", stamp(run["started_at"])),
+        ("ended", stamp(run["ended_at"])), ("log", run["log_path"]),
+    ]
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        print(f"{name.ljust(width)}  {value}")
+    return 0
+
+
+def cmd_logs(home: Home, args: argparse.Namespace) -> int:
+    run = _get_run(home, args.id)
+    path = Path(run["log_path"])
+    out = sys.stdout.buffer
+    position = 0
+    while True:
+        try:
+            with path.open("rb") as log:
+                log.seek(position)
+                while chunk := log.read(1 << 16):
+                    out.write(chunk)
+                    position += len(chunk)
+            out.flush()
+        except FileNotFoundError:
+            if not args.follow and run["state"] != "queued":
+                raise CliError(f"run {run['id']} has no log at {path}") from None
+        if not args.follow or run["state"] not in ("queued", "running"):
+            return 0
+        time.sleep(0.25)
+        run = _get_run(home, args.id)
+
+
+def _engine_call(home: Home, op: str, **request: Any) -> Any:
+    try:
+        return _client(home).call(op, **request)
+    except DaemonUnavailable:
+        raise CliError(f"`runyard {op}` needs a running engine: {NO_ENGINE_HINT}") from None
+
+
+def cmd_run_action(home: Home, args: argparse.Namespace) -> int:
+    run = _engine_call(home, args.command, id=args.id)
+    if args.json:
+        print(json.dumps(run, indent=2))
+    else:
+        print(f"run {run['id']}: {run['state']} ({run['reason']})")
+    return 0
+
+
+def cmd_drain(home: Home, args: argparse.Namespace) -> int:
+    result = _engine_call(home, args.command)
+    print("draining: no new run starts; running runs go on" if result["draining"] else "admitting runs again")
+    return 0
+
+
+def cmd_status(home: Home, args: argparse.Namespace) -> int:
+    from engine.units import format_size
+
+    status = _engine_call(home, "status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    host, engine = status["host"], status["engine"]
+    print(f"engine   {engine['mode']} pid {engine['pid']}, home {engine['home']}"
+          + (", DRAINING" if engine["draining"] else ""))
+    print(f"cpu      {host['cpus']:g} cores, {host['cpu_percent']:.0f}% busy, {status['reserved']['cpus']:g} reserved")
+    print(f"memory   {format_size(host['mem_total'] - host['mem_available'])} used of "
+          f"{format_size(host['mem_total'])}, {format_size(status['reserved']['mem_bytes'])} reserved")
+    print(f"disk     {format_size(host['disk_free'])} free of {format_size(host['disk_total'])}")
+    print(f"gpus     {engine['gpu_source']}")
+    for gpu in status["gpus"]:
+        state = "" if gpu["available"] else f"  UNAVAILABLE: {gpu['unavailable_reason']}"
+        holders = ",".join(map(str, gpu["holders"])) or "-"
+        print(f"  [{gpu['index']}] {gpu['name']}: {format_size(gpu['mem_used'])} / {format_size(gpu['mem_total'])}"
+              f" used, runs {holders}{state}")
+    counts = ", ".join(f"{count} {state}" for state, count in status["counts"].items() if count)
+    print(f"runs     {counts or 'none'}")
+    return 0
+
+
+COMMANDS = {
+    "submit": cmd_submit,
+    "ls": cmd_ls,
+    "show": cmd_show,
+    "logs": cmd_logs,
+    "cancel": cmd_run_action,
+    "hold": cmd_run_action,
+    "release": cmd_run_action,
+    "drain": cmd_drain,
+    "undrain": cmd_drain,
+    "status": cmd_status,
+}
+
+
+# ------------------------------------------------------------ daemon and TUI
+
+
+def _run_daemon(home: Home, args: argparse.Namespace) -> int:
+    import logging
+
+    from engine.daemon import DaemonConfig, DaemonError, run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        run(DaemonConfig(home=home, simulate_gpus=args.simulate_gpus))
+    except DaemonError as error:
+        raise CliError(str(error)) from None
+    return 0
+
+
+def _run_tui(home: Home, args: argparse.Namespace) -> int:
+    from runyard.tui_launch import launch_tui
+
+    return launch_tui(home, simulate_gpus=args.simulate_gpus, demo=args.demo, theme=args.theme)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
