@@ -35,6 +35,8 @@ class Claim:
     gpus: tuple[int, ...]
     exclusive: bool
     gpu_mem_bytes: int
+    counted: tuple[tuple[str, int], ...] = ()
+    """Named counted resources, as ``Envelope.resources``."""
 
     @classmethod
     def of(cls, envelope: Envelope, gpus: Sequence[int]) -> Claim:
@@ -45,6 +47,7 @@ class Claim:
             gpus=tuple(gpus),
             exclusive=envelope.exclusive_gpus,
             gpu_mem_bytes=envelope.gpu_mem_bytes or 0,
+            counted=envelope.resources,
         )
 
 
@@ -59,18 +62,25 @@ def format_cpus(cpus: float) -> str:
 
 
 class Pool:
-    """Free resources at one moment: scalars plus per-card runyard occupancy.
+    """Free resources at one moment: scalars, named counts, and per-card runyard occupancy.
 
     Cards are addressed by position in ``BoxView.gpus``; claims name GPU *indices*, and a
-    claim on an index the box no longer shows only takes its scalar resources.
+    claim on an index the box no longer shows only takes its scalar resources. Likewise a
+    claim on a counted resource the config no longer declares takes nothing: no queued run
+    can ask for it (it is refused), so there is nothing to protect.
     """
 
-    __slots__ = ("cpus", "mem_bytes", "disk_bytes", "_cards", "_position", "_exclusive", "_shared_bytes", "_sharers")
+    __slots__ = (
+        "cpus", "mem_bytes", "disk_bytes", "_counted", "_cards", "_position", "_exclusive", "_shared_bytes", "_sharers"
+    )
 
     def __init__(self, box: BoxView) -> None:
         self.cpus = float(box.cpus)
         self.mem_bytes = box.mem_total - box.mem_foreign
         self.disk_bytes = box.disk_free
+        # Only runyard's runs consume these (nothing outside runyard can be seen taking a
+        # licence), so free is capacity minus holdings; it goes negative if the config shrank.
+        self._counted = dict(box.counted)
         self._cards: tuple[GpuView, ...] = box.gpus
         self._position = {card.index: position for position, card in enumerate(box.gpus)}
         self._exclusive = [0] * len(box.gpus)
@@ -81,6 +91,7 @@ class Pool:
     def copy(self) -> Pool:
         twin = Pool.__new__(Pool)
         twin.cpus, twin.mem_bytes, twin.disk_bytes = self.cpus, self.mem_bytes, self.disk_bytes
+        twin._counted = self._counted.copy()
         twin._cards, twin._position = self._cards, self._position
         twin._exclusive = self._exclusive.copy()
         twin._shared_bytes = self._shared_bytes.copy()
@@ -97,6 +108,9 @@ class Pool:
         self.cpus -= sign * claim.cpus
         self.mem_bytes -= sign * claim.mem_bytes
         self.disk_bytes -= sign * claim.disk_bytes
+        for name, count in claim.counted:
+            if name in self._counted:
+                self._counted[name] -= sign * count
         for index in claim.gpus:
             position = self._position.get(index)
             if position is None:
@@ -138,6 +152,7 @@ class Pool:
             envelope.cpus <= self.cpus + CPU_EPSILON
             and envelope.mem_bytes <= self.mem_bytes
             and envelope.disk_bytes <= self.disk_bytes
+            and all(count <= self._counted.get(name, 0) for name, count in envelope.resources)
         )
 
     def place(self, envelope: Envelope, avoid: Collection[int] = ()) -> tuple[int, ...] | None:
@@ -168,6 +183,10 @@ class Pool:
             or envelope.disk_bytes > self.disk_bytes - claim.disk_bytes
         ):
             return False
+        if envelope.resources and claim.counted:
+            taken = dict(claim.counted)
+            if any(count > self._counted.get(name, 0) - taken.get(name, 0) for name, count in envelope.resources):
+                return False
         if not envelope.gpus or not claim.gpus:
             return True  # the cards it fitted on are untouched
         self.claim(claim)
@@ -179,7 +198,8 @@ class Pool:
     def shortfall(self, envelope: Envelope) -> tuple[str, str] | None:
         """The first resource ``envelope`` lacks, as (what it needs, what there is), or ``None``.
 
-        GPUs first, they are the scarce resource people watch; then CPUs, memory, disk.
+        GPUs first, they are the scarce resource people watch; then CPUs, memory, disk,
+        then named counted resources in name order.
         """
         if envelope.gpus:
             candidates = self._candidates(envelope)
@@ -191,6 +211,9 @@ class Pool:
             return f"{format_size(envelope.mem_bytes)} memory", f"{format_size(max(0, self.mem_bytes))} free"
         if envelope.disk_bytes > self.disk_bytes:
             return f"{format_size(envelope.disk_bytes)} disk", f"{format_size(max(0, self.disk_bytes))} free"
+        for name, count in envelope.resources:
+            if count > self._counted.get(name, 0):
+                return f"{count} {name}", f"{max(0, self._counted.get(name, 0))} free"
         return None
 
     def _gpu_shortfall(self, envelope: Envelope, usable: int) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ class Engine:
             run = self.store.get(run.id) or run
         if run.stop_request is None and run.deadline is not None and now >= run.deadline:
             limit = format_duration(run.envelope.time_limit_s)
-            self._request_stop(run, "timeout", f"time limit {limit} reached; stopping", now)
+            self._request_stop(run, "timeout", f"time limit {limit} reached", now)
             run = self.store.get(run.id) or run
         if run.stop_request is None:
             return
@@ -162,7 +163,7 @@ class Engine:
         grace = format_duration(run.grace_s)
         self.store.update(
             run.id, RunState.RUNNING, stop_request=kind, stop_requested_at=now,
-            reason=f"{reason} (SIGTERM, then SIGKILL after {grace})",
+            reason=f"{reason}: SIGTERM, then SIGKILL after {grace}",
         )
 
     def _finish(self, run: Run, observation: Observation, now: float) -> None:
@@ -302,8 +303,11 @@ class Engine:
         for run in running:
             for index in run.gpus:
                 holders.setdefault(index, []).append(run.id)
-                share = run.envelope.gpu_mem_bytes
-                reserved_gpu_mem[index] = reserved_gpu_mem.get(index, 0) + (share or 0)
+                reserved_gpu_mem[index] = reserved_gpu_mem.get(index, 0) + (run.envelope.gpu_mem_bytes or 0)
+        for gpu in sample.gpus:
+            # A card held whole is reserved whole, however little of it the run uses.
+            if any(self._holds_whole(run, gpu.index) for run in running):
+                reserved_gpu_mem[gpu.index] = gpu.mem_total
         counts = dict(
             self.store.conn.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall()
         )
@@ -318,6 +322,7 @@ class Engine:
                 "gpu_source": self.gpu_source,
             },
             "host": {
+                "hostname": socket.gethostname(),
                 "cpus": sample.host.cpus,
                 "cpu_percent": sample.host.cpu_percent,
                 "mem_total": sample.host.mem_total,
@@ -351,6 +356,11 @@ class Engine:
             "counts": {state.value: counts.get(state.value, 0) for state in RunState},
             "sampled_at": sample.at,
         }
+
+
+    @staticmethod
+    def _holds_whole(run: Run, index: int) -> bool:
+        return index in run.gpus and run.envelope.gpu_mem_bytes is None
 
 
 def _outcome(run: Run, observation: Observation) -> tuple[RunState, str]:

@@ -10,16 +10,21 @@ Rules, in the order :func:`decide` applies them:
 1. **Order.** Highest ``priority`` first, then earliest ``submitted_at``, then lowest
    ``run_id``.
 2. **Refusal.** A run whose envelope exceeds what never changes on this box (GPU count,
-   the memory of its cards, CPU count, memory) goes to ``Decision.refused`` with a line
-   such as ``asks 3 GPUs; this box has 2``, whether or not it is held. Disk, foreign
-   usage and unavailable GPUs change, so they only ever make a run wait.
+   the memory of its cards, CPU count, memory, the capacity of a named counted
+   resource, or asks for a name the config does not declare) goes to
+   ``Decision.refused`` with a line such as ``asks 3 GPUs; this box has 2``, whether or
+   not it is held. Disk, foreign usage and unavailable GPUs change, so they only ever
+   make a run wait.
 3. **Held** runs wait ("held: release it with `runyard release 12`"); while
    **draining** every other run waits too ("draining: ..."). Neither blocks nor
    reserves anything.
 4. **What is free now.** CPUs: ``box.cpus`` minus what runyard runs hold; other users'
    CPU load is not subtracted, CPUs are time-shared and a busy box only runs slower.
    Memory: ``mem_total - mem_foreign`` minus holdings. Disk: ``disk_free`` minus
-   holdings' ``disk_bytes``.
+   holdings' ``disk_bytes``. Named counted resources (``BoxView.counted``): capacity
+   minus what runyard runs hold; only runyard runs are known to use them, so, like
+   CPUs, they always come free as runyard runs end, and a reservation and backfill
+   treat them exactly as CPUs.
 5. **GPUs.** ``gpus=N`` without ``gpu_mem_bytes`` takes N whole cards that are
    available, used by no runyard run, and idle outside runyard (no foreign compute
    process, foreign memory under :data:`IDLE_GPU_MEM_BYTES`). With ``gpu_mem_bytes=M``
@@ -52,7 +57,8 @@ Rules, in the order :func:`decide` applies them:
      S may be optimistic for a run queued behind another blocked run; what it protects
      against is still exactly the runs behind it.
 
-Waiting reasons name the first missing resource (GPUs, then CPUs, memory, disk), with
+Waiting reasons name the first missing resource (GPUs, then CPUs, memory, disk, named
+resources in name order), with
 numbers measured after this call's starts; a run held back by a reservation names the
 run it would delay, what that run needs, and how long until it can start::
 
@@ -63,6 +69,7 @@ run it would delay, what that run needs, and how long until it can start::
     waiting: needs 4 CPUs, 1.5 free
     waiting: needs 16G memory, 9.5G free
     waiting: needs 20G disk, 3G free
+    waiting: needs 2 nfs_io, 1 free
     waiting: would delay run 12 (higher priority), which needs 2 GPUs in 1h30m
     waiting: would delay run 12 (queued earlier), which needs 4 CPUs
 """
@@ -118,6 +125,9 @@ class BoxView:
     disk_free: int = 1 << 60
     """Free bytes on the filesystem of runyard's home, as observed now."""
     gpus: tuple[GpuView, ...] = ()
+    counted: tuple[tuple[str, int], ...] = ()
+    """Capacities of the named counted resources the config declares (``[resources]
+    nfs_io = 4`` gives ``(("nfs_io", 4),)``), one pair per name."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,14 @@ def never_fits(envelope: Envelope, box: BoxView) -> str | None:
         return f"asks {plural(envelope.cpus, 'CPU')}; this box has {format_cpus(box.cpus)}"
     if envelope.mem_bytes > box.mem_total:
         return f"asks {format_size(envelope.mem_bytes)} memory; this box has {format_size(box.mem_total)}"
+    if envelope.resources:
+        capacity = dict(box.counted)
+        for name, count in envelope.resources:
+            if name not in capacity:
+                configured = f"configured: {', '.join(sorted(capacity))}" if capacity else "none configured"
+                return f"asks {name}={count}; no such resource is configured ({configured})"
+            if count > capacity[name]:
+                return f"asks {name}={count}; this box has {capacity[name]}"
     return None
 
 
@@ -351,7 +369,9 @@ class _Admission:
 
 def _shape(envelope: Envelope) -> tuple:
     """What decides whether an envelope fits now (its time limit does not)."""
-    return (envelope.cpus, envelope.mem_bytes, envelope.gpus, envelope.gpu_mem_bytes, envelope.disk_bytes)
+    return (
+        envelope.cpus, envelope.mem_bytes, envelope.gpus, envelope.gpu_mem_bytes, envelope.disk_bytes, envelope.resources
+    )
 
 
 @dataclass(frozen=True)

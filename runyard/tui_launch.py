@@ -22,7 +22,8 @@ def launch_tui(home: Home, *, simulate_gpus: str | None, demo: bool, theme: str 
     if demo:
         home = Home(Path(tempfile.mkdtemp(prefix="runyard-demo-")))
         simulate_gpus = simulate_gpus or DEMO_GPUS
-    client = Client(home.socket_path)
+    # Short: a hung engine must not freeze quitting for long (the TUI retries anyway).
+    client = Client(home.socket_path, timeout_s=3.0)
     embedded = None
     if not client.is_alive():
         try:
