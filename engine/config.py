@@ -30,15 +30,14 @@ Stdlib only: the CLI reads it for an offline submit.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.envelope import RESOURCE_NAME_RE
 from engine.units import UnitError, parse_duration, parse_size
 
-_RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 class ConfigError(ValueError):
@@ -111,7 +110,7 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
 
     resources = []
     for name, count in sorted(resources_table.items()):
-        if not _RESOURCE_NAME.match(name):
+        if not RESOURCE_NAME_RE.fullmatch(name):
             raise ConfigError(f"{path}: resources.{name}: a name is letters, digits, _ . - (not starting with a digit)")
         resources.append((name, reader.whole(f"resources.{name}", count, minimum=1)))
 

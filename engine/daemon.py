@@ -34,6 +34,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine import protocol
+from engine.config import Config
 from engine.engine import Engine
 from engine.launcher import LocalLauncher
 from engine.paths import Home
@@ -57,6 +58,8 @@ class DaemonConfig:
     simulate_gpus: str | None = None
     mode: str = "daemon"
     install_signals: bool = True
+    settings: Config = field(default_factory=Config)
+    """The config file's values (``engine.config``)."""
 
 
 def gpu_probe_for(config: DaemonConfig) -> tuple[Any, str]:
@@ -66,12 +69,15 @@ def gpu_probe_for(config: DaemonConfig) -> tuple[Any, str]:
         from engine.probes.simulated import SimulatedGpuProbe
 
         try:
-            return SimulatedGpuProbe(spec, foreign_file=config.home.root / "simulated-gpus.json"), f"simulated {spec}"
+            probe = SimulatedGpuProbe(
+                spec, foreign_file=config.home.root / "simulated-gpus.json", exclude=config.settings.exclude_gpus
+            )
         except ValueError as error:
             raise DaemonError(str(error)) from None
+        return probe, f"simulated {spec}"
     from engine.probes.gpu import open_nvml
 
-    probe, status = open_nvml()
+    probe, status = open_nvml(exclude=config.settings.exclude_gpus)
     if probe is not None:
         return probe, f"nvml: {status}"
     return _NoGpus(), f"none: {status}"
@@ -130,6 +136,7 @@ def build_engine(config: DaemonConfig) -> Engine:
         gpu_source=gpu_source,
         mode=config.mode,
         home=config.home.root,
+        config=config.settings,
     )
 
 
@@ -371,6 +378,7 @@ class EmbeddedEngine:
         self._thread.join(timeout_s)
 
 
-def start_embedded(home: Home, *, simulate_gpus: str | None = None) -> EmbeddedEngine:
-    config = DaemonConfig(home=home, simulate_gpus=simulate_gpus, mode="embedded", install_signals=False)
+def start_embedded(home: Home, *, simulate_gpus: str | None = None, settings: Config | None = None) -> EmbeddedEngine:
+    config = DaemonConfig(home=home, simulate_gpus=simulate_gpus, mode="embedded", install_signals=False,
+                          settings=settings or Config())
     return EmbeddedEngine(config).start()

@@ -17,11 +17,12 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from engine import policy
+from engine.config import Config
 from engine.launcher import LaunchError, Launcher, Observation
 from engine.model import Run, RunState
 from engine.probes.attribution import box_view, run_process_trees, run_rss_bytes
@@ -35,6 +36,7 @@ from engine.units import format_duration
 log = logging.getLogger("runyard.engine")
 
 DRAINING_KEY = "draining"
+STOP_RETRY_S = 0.1
 
 
 class HostProbe(Protocol):
@@ -66,6 +68,7 @@ class Engine:
         mode: str = "daemon",
         home: Path | None = None,
         sample_ttl_s: float = 1.0,
+        config: Config | None = None,
     ) -> None:
         self.store = store
         self.launcher = launcher
@@ -76,6 +79,7 @@ class Engine:
         self.mode = mode
         self.home = home
         self.sample_ttl_s = sample_ttl_s
+        self.config = config or Config()
         self.started_at = clock()
         self._sample: Sample | None = None
         self._term_delivered: set[int] = set()
@@ -119,7 +123,8 @@ class Engine:
             running = self.store.in_state(RunState.RUNNING)
             trees = run_process_trees({run.id: run.pid for run in running if run.pid})
             rss = sum(run_rss_bytes(trees).values())
-            self._sample = Sample(host, gpus, box_view(host, gpus, trees, rss), now)
+            box = with_headroom(box_view(host, gpus, trees, rss), self.config)
+            self._sample = Sample(host, gpus, box, now)
         return self._sample
 
     # ------------------------------------------------------------- supervision
@@ -178,6 +183,10 @@ class Engine:
     def _next_deadline(self) -> float | None:
         times = []
         for run in self.store.in_state(RunState.RUNNING):
+            if run.stop_request is not None and run.id not in self._term_delivered and run.kill_sent_at is None:
+                # The stop's SIGTERM found no process yet (the shim had not recorded its
+                # child): try again soon rather than at the next periodic tick.
+                times.append(self.clock() + STOP_RETRY_S)
             if run.stop_request is None and run.deadline is not None:
                 times.append(run.deadline)
             elif run.stop_request is not None and run.kill_sent_at is None:
@@ -241,7 +250,7 @@ class Engine:
         return self.store.get_meta(DRAINING_KEY) == "1"
 
     def submit(self, args: dict[str, Any], *, uid: int | None, user: str | None) -> Run:
-        spec = spec_from_request(args)
+        spec = spec_from_request(args, self.config.default_envelope)
         problem = policy.never_fits(spec.envelope, self.sample().box)
         if problem:
             raise RequestError(f"{problem}; nothing was queued", EXIT_BAD_INPUT)
@@ -361,6 +370,17 @@ class Engine:
     @staticmethod
     def _holds_whole(run: Run, index: int) -> bool:
         return index in run.gpus and run.envelope.gpu_mem_bytes is None
+
+
+def with_headroom(box: policy.BoxView, config: Config) -> policy.BoxView:
+    """What admission may hand out: the box less the headroom kept free for the OS and
+    other users, plus the configured counted resources."""
+    gpus = tuple(
+        replace(gpu, mem_total=max(0, gpu.mem_total - config.gpu_mem_headroom_bytes)) for gpu in box.gpus
+    )
+    return replace(
+        box, mem_total=max(0, box.mem_total - config.mem_headroom_bytes), gpus=gpus, counted=config.resources
+    )
 
 
 def _outcome(run: Run, observation: Observation) -> tuple[RunState, str]:

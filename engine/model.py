@@ -39,6 +39,12 @@ class RunSpec:
     envelope: Envelope = field(default_factory=Envelope)
     grace_s: float = DEFAULT_GRACE_S
     held: bool = False
+    on_overrun: str = "default"
+    """What to do when the run uses more than its envelope: ``default`` (memory: stop;
+    GPU memory: warn), ``warn`` (never stop) or ``kill`` (stop on either)."""
+
+
+ON_OVERRUN_CHOICES = ("default", "warn", "kill")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,10 @@ class Run:
     kill_sent_at: float | None
     uid: int | None
     user: str | None
+    on_overrun: str = "default"
+    stop_detail: str | None = None
+    cores: tuple[int, ...] = ()
+    warning: str | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -112,6 +122,10 @@ class Run:
             kill_sent_at=row["kill_sent_at"],
             uid=row["uid"],
             user=row["user"],
+            on_overrun=row.get("on_overrun") or "default",
+            stop_detail=row.get("stop_detail"),
+            cores=tuple(json.loads(row["cores"])) if row.get("cores") else (),
+            warning=row.get("warning"),
         )
 
     def to_json(self, *, with_env: bool = False) -> dict[str, Any]:
@@ -138,6 +152,9 @@ class Run:
             "log_path": self.log_path,
             "user": self.user,
             "uid": self.uid,
+            "on_overrun": self.on_overrun,
+            "cores": list(self.cores),
+            "warning": self.warning,
         }
         if with_env:
             data["env"] = dict(self.env)

@@ -370,7 +370,12 @@ class _Admission:
 def _shape(envelope: Envelope) -> tuple:
     """What decides whether an envelope fits now (its time limit does not)."""
     return (
-        envelope.cpus, envelope.mem_bytes, envelope.gpus, envelope.gpu_mem_bytes, envelope.disk_bytes, envelope.resources
+        envelope.cpus,
+        envelope.mem_bytes,
+        envelope.gpus,
+        envelope.gpu_mem_bytes,
+        envelope.disk_bytes,
+        envelope.resources,
     )
 
 

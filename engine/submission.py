@@ -10,12 +10,16 @@ import shutil
 from typing import Any
 
 from engine.envelope import Envelope, EnvelopeError
-from engine.model import RunSpec
+from engine.model import ON_OVERRUN_CHOICES, RunSpec
 from engine.protocol import RequestError
 
 
-def spec_from_request(args: dict[str, Any]) -> RunSpec:
-    """Validate a submit request; raises :class:`RequestError` with a one-line message."""
+def spec_from_request(args: dict[str, Any], default_envelope: dict[str, Any] | None = None) -> RunSpec:
+    """Validate a submit request; raises :class:`RequestError` with a one-line message.
+
+    ``args["envelope"]`` holds only what the submitter said; the rest comes from
+    ``default_envelope`` (the config's ``[defaults]``), then from :class:`Envelope`'s own.
+    """
     argv = args.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(part, str) for part in argv):
         raise RequestError("missing command: runyard submit [options] -- CMD [ARGS...]")
@@ -33,7 +37,10 @@ def spec_from_request(args: dict[str, Any]) -> RunSpec:
             f"command not found: {argv[0]} (not on PATH and no such file in {cwd}); give its full path"
         )
     try:
-        envelope = Envelope.from_dict(args.get("envelope") or {})
+        given = args.get("envelope") or {}
+        if not isinstance(given, dict):
+            raise TypeError("envelope must be an object")
+        envelope = Envelope.from_dict({**(default_envelope or {}), **given})
     except (EnvelopeError, TypeError) as error:
         raise RequestError(str(error)) from None
     try:
@@ -46,9 +53,12 @@ def spec_from_request(args: dict[str, Any]) -> RunSpec:
     name = args.get("name")
     if name is not None and not isinstance(name, str):
         raise RequestError("name must be text")
+    on_overrun = args.get("on_overrun") or "default"
+    if on_overrun not in ON_OVERRUN_CHOICES:
+        raise RequestError(f"--on-overrun must be one of {', '.join(ON_OVERRUN_CHOICES)}, got {on_overrun!r}")
     return RunSpec(
         argv=tuple(argv), cwd=cwd, env=env, name=name or None, priority=priority,
-        envelope=envelope, grace_s=grace_s, held=bool(args.get("held", False)),
+        envelope=envelope, grace_s=grace_s, held=bool(args.get("held", False)), on_overrun=on_overrun,
     )
 
 

@@ -50,6 +50,8 @@ def _add_envelope_options(parser: argparse.ArgumentParser) -> None:
                        help="memory per GPU, e.g. 10G; lets the run share a card (omit: whole GPUs)")
     group.add_argument("--disk", help="free disk needed under runyard's home, e.g. 20G")
     group.add_argument("--time", help="wall-clock limit, e.g. 90s, 45m, 2h, 1d, 1:30:00 (default none)")
+    group.add_argument("--res", action="append", default=None, metavar="NAME=COUNT",
+                       help="a named counted resource from the config's [resources], e.g. nfs_io=1 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="set a variable in the run's environment (repeatable)")
     submit.add_argument("--hold", action="store_true", help="queue it held: it starts only after `runyard release`")
+    submit.add_argument("--on-overrun", dest="on_overrun", choices=("default", "warn", "kill"), default="default",
+                        help="past the envelope: default stops on memory and warns on GPU memory; "
+                             "warn never stops; kill stops on either")
     submit.add_argument("--json", action="store_true", help="print the run as JSON")
     submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
@@ -136,7 +141,7 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
         raise CliError("missing command: runyard submit [options] -- CMD [ARGS...]", EXIT_BAD_INPUT)
     try:
         envelope = Envelope.parse(cpus=args.cpus, mem=args.mem, gpus=args.gpus, gpu_mem=args.gpu_mem,
-                                  disk=args.disk, time=args.time)
+                                  disk=args.disk, time=args.time, res=args.res)
         grace_s = parse_duration(args.grace) if args.grace is not None else DEFAULT_GRACE_S
     except (EnvelopeError, UnitError) as error:
         raise CliError(str(error), EXIT_BAD_INPUT) from None
@@ -152,9 +157,10 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
         "env": env,
         "name": args.name,
         "priority": args.priority,
-        "envelope": envelope.to_dict(),
+        "envelope": _given_envelope(args, envelope),
         "grace_s": grace_s,
         "held": args.hold,
+        "on_overrun": args.on_overrun,
     }
     try:
         run = _client(home).call("submit", **request)
@@ -171,15 +177,31 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
     return 0
 
 
+_ENVELOPE_OPTIONS = {
+    "cpus": "cpus", "mem": "mem_bytes", "gpus": "gpus", "gpu_mem": "gpu_mem_bytes", "disk": "disk_bytes",
+    "time": "time_limit_s", "res": "resources",
+}
+
+
+def _given_envelope(args: argparse.Namespace, envelope: Envelope) -> dict[str, Any]:
+    """Only what the submitter said: the engine fills the rest from the config's defaults."""
+    parsed = envelope.to_dict()
+    return {field: parsed[field] for option, field in _ENVELOPE_OPTIONS.items()
+            if getattr(args, option, None) not in (None, []) and field in parsed}
+
+
 def _submit_offline(home: Home, request: dict[str, Any]) -> dict[str, Any]:
     """Queue straight into the database; the next engine to start admits it."""
-    from engine.submission import spec_from_request
+    from engine.config import ConfigError, load_config
     from engine.store import sql
+    from engine.submission import spec_from_request
 
     try:
-        spec = spec_from_request(request)
+        spec = spec_from_request(request, load_config().default_envelope)
     except RequestError as error:
         raise CliError(str(error), error.code) from None
+    except ConfigError as error:
+        raise CliError(str(error), EXIT_BAD_INPUT) from None
     home.ensure()
     conn = _open_db(home, create=True)
     try:
@@ -406,11 +428,16 @@ COMMANDS = {
 def _run_daemon(home: Home, args: argparse.Namespace) -> int:
     import logging
 
+    from engine.config import ConfigError, load_config
     from engine.daemon import DaemonConfig, DaemonError, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        run(DaemonConfig(home=home, simulate_gpus=args.simulate_gpus))
+        settings = load_config()
+    except ConfigError as error:
+        raise CliError(str(error), EXIT_BAD_INPUT) from None
+    try:
+        run(DaemonConfig(home=home, simulate_gpus=args.simulate_gpus, settings=settings))
     except DaemonError as error:
         raise CliError(str(error)) from None
     return 0

@@ -17,6 +17,7 @@ DEMO_GPUS = "4x80G"
 
 
 def launch_tui(home: Home, *, simulate_gpus: str | None, demo: bool, theme: str | None) -> int:
+    from engine.config import ConfigError, load_config
     from engine.daemon import DaemonError, start_embedded
 
     if demo:
@@ -27,8 +28,8 @@ def launch_tui(home: Home, *, simulate_gpus: str | None, demo: bool, theme: str 
     embedded = None
     if not client.is_alive():
         try:
-            embedded = start_embedded(home, simulate_gpus=simulate_gpus)
-        except DaemonError as error:
+            embedded = start_embedded(home, simulate_gpus=simulate_gpus, settings=load_config())
+        except (DaemonError, ConfigError) as error:
             print(f"runyard: {error}", file=sys.stderr)
             return 1
     if demo:

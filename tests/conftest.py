@@ -87,10 +87,16 @@ class Yard:
         return self.json("show", str(run_id))
 
     def wait_state(self, run_id: int, *states: str, timeout: float = DEADLINE_S) -> dict:
-        return poll_until(
-            lambda: (run := self.run(run_id))["state"] in states and run,
-            timeout=timeout, interval=0.1, message=f"run {run_id} to reach {states}",
-        )
+        seen: dict = {}
+
+        def reached():
+            seen.update(self.run(run_id))
+            return seen["state"] in states and dict(seen)
+
+        try:
+            return poll_until(reached, timeout=timeout, interval=0.1, message=f"run {run_id} to reach {states}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last seen {seen}; daemon log tail: {self.daemon_log()[-2000:]}") from None
 
     def start_daemon(self, *args: str) -> subprocess.Popen:
         self.daemon_args = list(args)

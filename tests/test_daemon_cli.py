@@ -20,8 +20,8 @@ def test_run_succeeds_with_output_in_its_log(yard):
     run_id = yard.submit("--cpus", "0.1", "--mem", "50M", "--name", "hello", "--",
                          PY, "-c", "import sys; print('out'); print('err', file=sys.stderr)")
     run = yard.wait_state(run_id, "succeeded")
-    assert run["exit_code"] == 0 and run["reason"] == "exit code 0"
-    assert run["name"] == "hello" and run["started_at"] <= run["ended_at"]
+    assert run["exit_code"] == 0 and run["reason"] == "exit code 0", run
+    assert run["name"] == "hello" and run["started_at"] <= run["ended_at"], run
     assert "out" in yard.cli("logs", str(run_id)).stdout
     assert "err" in yard.cli("logs", str(run_id)).stdout
     listed = yard.json("ls", "--all")
@@ -35,7 +35,7 @@ def test_failed_run_records_its_exit_code(yard):
     yard.start_daemon()
     run_id = yard.submit("--cpus", "0.1", "--mem", "50M", "--", PY, "-c", "raise SystemExit(3)")
     run = yard.wait_state(run_id, "failed")
-    assert run["exit_code"] == 3 and run["reason"] == "exit code 3"
+    assert run["exit_code"] == 3 and run["reason"] == "exit code 3", run
 
 
 def test_run_sees_its_envelope_and_gpus(yard):
@@ -123,8 +123,8 @@ def test_cancel_sends_sigterm_to_the_run(yard, tmp_path):
     poll_until(started.exists, message="the run to start")
     yard.cli("cancel", str(run_id))
     run = yard.wait_state(run_id, "cancelled")
-    assert run["signal"] == "SIGTERM" and run["exit_code"] == -signal.SIGTERM
-    assert run["reason"] == "cancelled by user; killed by SIGTERM"
+    assert run["signal"] == "SIGTERM" and run["exit_code"] == -signal.SIGTERM, run
+    assert run["reason"] == "cancelled by user; killed by SIGTERM", run
 
 
 def test_cancel_escalates_to_sigkill_after_the_grace_period(yard, tmp_path):
@@ -136,7 +136,7 @@ def test_cancel_escalates_to_sigkill_after_the_grace_period(yard, tmp_path):
     poll_until(started.exists, message="the run to start")
     yard.cli("cancel", str(run_id))
     run = yard.wait_state(run_id, "cancelled")
-    assert run["signal"] == "SIGKILL"
+    assert run["signal"] == "SIGKILL", run
     assert "ignoring TERM" in yard.cli("logs", str(run_id)).stdout
 
 
@@ -157,8 +157,8 @@ def test_time_limit_stops_the_run(yard):
     run_id = yard.submit("--cpus", "0.1", "--mem", "10M", "--time", "1s", "--grace", "2s",
                          "--", PY, "-c", "import time; time.sleep(600)")
     run = yard.wait_state(run_id, "timed_out")
-    assert run["reason"] == "time limit 1s reached; killed by SIGTERM"
-    assert run["ended_at"] - run["started_at"] >= 1.0
+    assert run["reason"] == "time limit 1s reached; killed by SIGTERM", run
+    assert run["ended_at"] - run["started_at"] >= 1.0, run
 
 
 def test_hold_release_drain_undrain(yard):
@@ -245,7 +245,7 @@ def test_daemon_killed_with_sigkill_every_run_ends_once_with_its_true_exit_code(
     yard.start_daemon()
     for code, run_id in ids.items():
         run = yard.wait_state(run_id, "succeeded", "failed")
-        assert run["exit_code"] == code
+        assert run["exit_code"] == code, run
     assert yard.wait_state(killed, "failed")["signal"] == "SIGKILL"
     assert yard.run(survivor)["state"] == "running"  # re-adopted, still alive
     (tmp_path / "go2").touch()

@@ -51,11 +51,13 @@ def make_box(gpus: int | tuple[GpuView, ...] = 0, *, cpus: float = 16, mem_gb: f
 
 
 def env(**kwargs) -> Envelope:
-    """An envelope with sizes in GiB: ``env(mem=4, gpu_mem=10, disk=1, time=HOUR)``."""
+    """An envelope with sizes in GiB: ``env(mem=4, gpu_mem=10, disk=1, time=HOUR, res={"nfs_io": 1})``."""
     sizes = {"mem": "mem_bytes", "gpu_mem": "gpu_mem_bytes", "disk": "disk_bytes"}
     fields = {sizes.get(key, key): int(value * G) if key in sizes else value for key, value in kwargs.items()}
     if "time" in fields:
         fields["time_limit_s"] = fields.pop("time")
+    if "res" in fields:
+        fields["resources"] = fields.pop("res")
     return Envelope(**fields)
 
 
@@ -137,6 +139,22 @@ def test_duplicate_run_ids_are_a_clear_error():
         (env(cpus=2, mem=64, gpus=2, gpu_mem=80), make_box(2, cpus=2, mem_gb=64), None),
         # A card NVML cannot size (0 bytes) might be big enough once readable.
         (env(gpus=1, gpu_mem=40), make_box((card(0, 0, available=False),)), None),
+        (env(res={"nfs_io": 4}), make_box(counted=(("nfs_io", 4),)), None),
+        (env(res={"nfs_io": 5}), make_box(counted=(("nfs_io", 4),)), "asks nfs_io=5; this box has 4"),
+        (env(res={"nfs_io": 1}), make_box(counted=(("nfs_io", 0),)), "asks nfs_io=1; this box has 0"),
+        (
+            env(res={"db": 1}),
+            make_box(counted=(("nfs_io", 4), ("licence", 1))),
+            "asks db=1; no such resource is configured (configured: licence, nfs_io)",
+        ),
+        (env(res={"nfs_io": 1}), make_box(), "asks nfs_io=1; no such resource is configured (none configured)"),
+        (
+            env(res={"licence": 2, "nfs_io": 9}),
+            make_box(counted=(("licence", 1), ("nfs_io", 4))),
+            "asks licence=2; this box has 1",
+        ),
+        # Resources held by running runs change; a busy resource is a reason to wait.
+        (env(cpus=2, res={"nfs_io": 4}), make_box(cpus=2, counted=(("nfs_io", 4),)), None),
     ],
 )
 def test_never_fits(envelope, box, reason):
@@ -204,6 +222,103 @@ def test_holding_on_a_card_the_box_no_longer_shows_still_takes_cpus():
     held = [holding(90, cpus=2, gpus=1, on=(7,))]
     decision = decide([queued(1, cpus=1, gpus=1)], held, make_box(1, cpus=2), NOW)
     assert decision.waiting == {1: "waiting: needs 1 CPU, 0 free"}
+
+
+# --- named counted resources ----------------------------------------------------------------
+
+
+def test_holdings_and_this_calls_starts_consume_counted_resources():
+    box = make_box(counted=(("licence", 1), ("nfs_io", 4)))
+    held = [holding(90, res={"nfs_io": 2})]
+    runs = [queued(1, res={"nfs_io": 1}), queued(2, res={"nfs_io": 2}), queued(3, res={"licence": 1})]
+    runs.append(queued(4, res={"licence": 1, "nfs_io": 1}))
+    decision = decide(runs, held, box, NOW)
+    assert started(decision) == [1, 3]
+    assert decision.waiting == {2: "waiting: needs 2 nfs_io, 1 free", 4: "waiting: needs 1 licence, 0 free"}
+
+
+def test_a_counted_resource_limits_runs_that_otherwise_fit():
+    runs = [queued(i, cpus=0.5, mem=0.5, res={"licence": 1}) for i in (1, 2, 3)]
+    decision = decide(runs, [], make_box(counted=(("licence", 2),)), NOW)
+    assert started(decision) == [1, 2]
+    assert decision.waiting == {3: "waiting: needs 1 licence, 0 free"}
+
+
+def test_runs_asking_an_unconfigured_resource_are_refused_and_block_nothing():
+    runs = [queued(1, priority=9, res={"db": 1}), queued(2, res={"nfs_io": 1})]
+    decision = decide(runs, [], make_box(counted=(("nfs_io", 1),)), NOW)
+    assert decision.refused == {1: "asks db=1; no such resource is configured (configured: nfs_io)"}
+    assert started(decision) == [2]
+
+
+def test_a_holding_of_a_resource_the_config_dropped_or_shrank():
+    # The config went from nfs_io = 4 and a licence to nfs_io = 1 while runs held them.
+    held = [holding(90, res={"licence": 1, "nfs_io": 3})]
+    box = make_box(counted=(("nfs_io", 1),))
+    decision = decide([queued(1, res={"nfs_io": 1}), queued(2, cpus=1)], held, box, NOW)
+    assert started(decision) == [2]
+    assert decision.waiting == {1: "waiting: needs 1 nfs_io, 0 free"}
+
+
+def test_runs_that_differ_only_in_resources_are_judged_apart():
+    held = [holding(90, res={"licence": 1})]
+    runs = [queued(1, cpus=2, res={"licence": 1}), queued(2, cpus=2)]
+    decision = decide(runs, held, make_box(counted=(("licence", 1),)), NOW)
+    assert started(decision) == [2]
+
+
+@pytest.mark.parametrize(
+    ("run", "held", "reason"),
+    [
+        pytest.param(
+            queued(1, cpus=1, gpus=1, res={"nfs_io": 1}),
+            [holding(90, on=(0,), gpus=1, res={"nfs_io": 2})],
+            "waiting: needs 1 GPU, 0 free",
+            id="gpus-first",
+        ),
+        pytest.param(
+            queued(1, cpus=4, res={"nfs_io": 1}),
+            [holding(90, cpus=14, res={"nfs_io": 2})],
+            "waiting: needs 4 CPUs, 2 free",
+            id="cpus-before-counted",
+        ),
+        pytest.param(
+            queued(1, disk=20, res={"nfs_io": 1}),
+            [holding(90, res={"nfs_io": 2})],
+            "waiting: needs 20G disk, 3G free",
+            id="disk-before-counted",
+        ),
+    ],
+)
+def test_counted_resources_are_named_after_the_others(run, held, reason):
+    box = make_box(1, cpus=16, disk_free=3 * G, counted=(("nfs_io", 2),))
+    assert decide([run], held, box, NOW).waiting == {1: reason}
+
+
+def head_waiting_for_nfs_io() -> tuple[list[QueuedRun], list[Holding], BoxView]:
+    """Run 12 (priority 5) needs both nfs_io slots; one is held until an hour from now."""
+    held = [holding(90, cpus=0.5, res={"nfs_io": 1}, ends_in=HOUR)]
+    return [queued(12, priority=5, res={"nfs_io": 2})], held, make_box(counted=(("nfs_io", 2),))
+
+
+@pytest.mark.parametrize(
+    ("candidate", "starts"),
+    [
+        pytest.param(queued(20, res={"nfs_io": 1}, time=HOUR / 2), True, id="short-run-ends-before-head-starts"),
+        pytest.param(queued(20, res={"nfs_io": 1}, time=HOUR), True, id="ends-exactly-at-reservation"),
+        pytest.param(queued(20, res={"nfs_io": 1}, time=2 * HOUR), False, id="long-run-denied"),
+        pytest.param(queued(20, res={"nfs_io": 1}), False, id="unlimited-run-denied"),
+        pytest.param(queued(20, cpus=4), True, id="run-without-the-resource-starts"),
+    ],
+)
+def test_backfill_never_delays_a_head_waiting_for_a_counted_resource(candidate, starts):
+    runs, held, box = head_waiting_for_nfs_io()
+    decision = decide([*runs, candidate], held, box, NOW)
+    assert (started(decision) == [20]) is starts
+    free = 0 if starts and candidate.envelope.resources else 1
+    assert decision.waiting[12] == f"waiting: needs 2 nfs_io, {free} free"
+    if not starts:
+        assert decision.waiting[20] == "waiting: would delay run 12 (higher priority), which needs 2 nfs_io in 1h"
 
 
 # --- GPU placement -------------------------------------------------------------------------------
@@ -456,6 +571,16 @@ def test_every_blocked_run_up_to_the_cap_is_protected():
 
 # --- properties ----------------------------------------------------------------------------------
 
+CAPACITIES = ((), (("nfs_io", 2),), (("licence", 1), ("nfs_io", 4)), (("licence", 2), ("nfs_io", 1)))
+"""Counted resources a box may declare; no box declares ``db``, so asking for it is refused."""
+
+ASKS = (
+    (), (), (), (),
+    (("nfs_io", 1),), (("nfs_io", 2),), (("licence", 1),), (("licence", 1), ("nfs_io", 1)), (("db", 1),),
+)
+"""Counted resources a run may ask for; mostly none, as on a real box."""
+
+
 @st.composite
 def boxes(draw) -> BoxView:
     count = draw(st.sampled_from((0, 1, 2, 3, 3, 4, 4)))
@@ -475,6 +600,7 @@ def boxes(draw) -> BoxView:
         mem_foreign=draw(st.sampled_from((0, 1, 6))) * G,
         disk_free=draw(st.sampled_from((5, 50, 500))) * G,
         gpus=cards,
+        counted=draw(st.sampled_from(CAPACITIES)),
     )
 
 
@@ -488,6 +614,7 @@ def envelopes(draw) -> Envelope:
         gpu_mem_bytes=draw(st.sampled_from((None, None, 8 * G, 10 * G, 20 * G, 40 * G))) if gpus else None,
         disk_bytes=draw(st.sampled_from((0, 0, 1, 10))) * G,
         time_limit_s=draw(st.sampled_from((None, 300.0, 1800.0, 3600.0, 7200.0))),
+        resources=draw(st.sampled_from(ASKS)),
     )
 
 
@@ -526,6 +653,7 @@ def contended(draw) -> tuple[list[QueuedRun], list[Holding], BoxView]:
         mem_bytes=draw(st.sampled_from((1, 8))) * G,
         gpus=draw(st.integers(0, cards)),
         time_limit_s=draw(st.sampled_from((None, 3600.0))),
+        resources=draw(st.sampled_from(((), box.counted))),
     )
     return [QueuedRun(99, big, priority=3), *queue], holdings, box
 
@@ -537,6 +665,9 @@ def oracle_fits(envelope: Envelope, box: BoxView, taken: list[tuple[Envelope, tu
     disk = box.disk_free - sum(e.disk_bytes for e, _ in taken)
     if envelope.cpus > cpus + 1e-9 or envelope.mem_bytes > mem or envelope.disk_bytes > disk:
         return False
+    for name, count in envelope.resources:
+        if count > counted_free(name, box, [e for e, _ in taken]):
+            return False
     usable = 0
     for gpu in box.gpus:
         users = [e for e, cards in taken if gpu.index in cards]
@@ -548,6 +679,11 @@ def oracle_fits(envelope: Envelope, box: BoxView, taken: list[tuple[Envelope, tu
             reserved = sum(e.gpu_mem_bytes for e in users)
             usable += gpu.mem_foreign + reserved + envelope.gpu_mem_bytes <= gpu.mem_total
     return usable >= envelope.gpus
+
+
+def counted_free(name: str, box: BoxView, taken: list[Envelope]) -> int:
+    """Capacity of ``name`` (0 if undeclared) minus what ``taken`` asks of it."""
+    return dict(box.counted).get(name, 0) - sum(dict(e.resources).get(name, 0) for e in taken)
 
 
 def check_no_overcommit(queue, holdings, box, decision):
@@ -563,6 +699,8 @@ def check_no_overcommit(queue, holdings, box, decision):
     if decision.starts:
         assert sum(e.cpus for e, _ in taken) <= box.cpus + 1e-9
         assert sum(e.mem_bytes for e, _ in taken) <= box.mem_total - box.mem_foreign
+    for name in {name for start in decision.starts for name, _ in by_id[start.run_id].envelope.resources}:
+        assert counted_free(name, box, [e for e, _ in taken]) >= 0, f"{name} over-committed"
     started_cards = {index for start in decision.starts for index in start.gpus}
     for gpu in box.gpus:
         if gpu.index not in started_cards:
@@ -669,6 +807,60 @@ def test_property_draining_starts_nothing(scenario):
         if run.run_id in decision.waiting:
             expected = "held:" if run.held else "draining:"
             assert decision.waiting[run.run_id].startswith(expected)
+
+
+@st.composite
+def counted_workloads(draw) -> tuple[BoxView, list[QueuedRun], dict[int, float]]:
+    """A roomy box whose only contention is counted resources, a queue, and how long each run really lasts."""
+    box = make_box(cpus=64, mem_gb=512, counted=draw(st.sampled_from(CAPACITIES[1:])))
+    queue = [
+        QueuedRun(
+            run_id,
+            Envelope(
+                cpus=0.5,
+                mem_bytes=0,
+                time_limit_s=draw(st.sampled_from((None, 600.0, 3600.0))),
+                resources=draw(st.sampled_from(ASKS)),
+            ),
+            priority=draw(st.integers(0, 2)),
+            submitted_at=float(run_id),
+        )
+        for run_id in range(1, draw(st.integers(1, 14)) + 1)
+    ]
+    lasts_s = {run.run_id: draw(st.sampled_from((60.0, 300.0, 600.0, 5000.0))) for run in queue}
+    return box, queue, lasts_s
+
+
+@settings(max_examples=150, deadline=None)
+@given(counted_workloads())
+def test_property_counted_resources_are_never_over_committed_as_runs_come_and_go(workload):
+    """Decide, start, let runs end (by their limit at the latest), decide again: capacity holds at
+    every step, and every run that fits the box eventually starts."""
+    box, queue, lasts_s = workload
+    by_id = {run.run_id: run for run in queue}
+    now, refused, started_ids = NOW, set(), []
+    running: dict[int, tuple[Holding, float]] = {}  # and when each really ends
+    while queue:
+        decision = decide(queue, [held for held, _ in running.values()], box, now)
+        refused |= set(decision.refused)
+        for start in decision.starts:
+            envelope = by_id[start.run_id].envelope
+            expected_end = None if envelope.time_limit_s is None else now + envelope.time_limit_s
+            ends_at = min(now + lasts_s[start.run_id], expected_end or float("inf"))
+            running[start.run_id] = (Holding(start.run_id, envelope, (), expected_end), ends_at)
+            started_ids.append(start.run_id)
+        for name, capacity in box.counted:
+            held = sum(dict(h.envelope.resources).get(name, 0) for h, _ in running.values())
+            assert held <= capacity, f"{name}: {held} held of {capacity}"
+        gone = refused | set(started(decision))
+        queue = [run for run in queue if run.run_id not in gone]
+        if not running:
+            assert not queue, "nothing runs, yet runs that fit an empty box wait"
+            break
+        now = min(ends_at for _, ends_at in running.values())
+        running = {run_id: entry for run_id, entry in running.items() if entry[1] > now}
+    assert sorted(started_ids + list(refused)) == sorted(by_id)
+    assert refused == {run_id for run_id, run in by_id.items() if never_fits(run.envelope, box)}
 
 
 def test_large_queue_of_few_shapes():

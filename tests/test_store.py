@@ -36,8 +36,31 @@ def test_migrations_are_idempotent_and_set_wal_and_version(db_path):
     conn = sql.connect(db_path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert sql.schema_version(conn) == sql.SCHEMA_VERSION
-    names = [row[0] for row in conn.execute("SELECT name FROM _sqlite_migrations")]
-    assert names == ["m001_runs"]
+    names = [row[0] for row in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'runyard'")]
+    assert names == ["m001_runs", "m002_enforcement"]
+    conn.close()
+
+
+def test_a_version_1_database_with_runs_migrates_and_keeps_them(tmp_path):
+    from sqlite_utils import Database
+
+    from engine.store.schema import migrations
+
+    path = tmp_path / "old.db"
+    conn = sql.connect(path)
+    migrations.apply(Database(conn), stop_before="m002_enforcement")
+    assert sql.schema_version(conn) == 1
+    conn.execute(
+        "INSERT INTO runs (name, state, argv, cwd, envelope, submitted_at) "
+        "VALUES ('old', 'succeeded', '[\"true\"]', '/', '{\"cpus\": 2}', 1.0)"
+    )
+    conn.commit()
+    conn.close()
+    migrate(path)
+    conn = sql.connect(path)
+    run = sql.get_run(conn, 1)
+    assert run.name == "old" and run.envelope.cpus == 2 and run.on_overrun == "default" and run.cores == ()
+    assert sql.schema_version(conn) == sql.SCHEMA_VERSION
     conn.close()
 
 

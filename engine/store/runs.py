@@ -20,13 +20,13 @@ _WRITABLE = frozenset(
     {
         "reason", "priority", "held", "gpus", "started_at", "ended_at", "exit_code", "signal",
         "pid", "pid_started_at", "shim_pid", "shim_started_at", "stop_request",
-        "stop_requested_at", "kill_sent_at", "log_path", "run_dir",
+        "stop_requested_at", "kill_sent_at", "log_path", "run_dir", "stop_detail", "cores", "warning",
     }
 )
 
 
 def _encode(name: str, value: object) -> object:
-    if name == "gpus":
+    if name in ("gpus", "cores"):
         return json.dumps(list(value or ()))
     if name == "held":
         return int(bool(value))

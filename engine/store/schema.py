@@ -67,6 +67,17 @@ def m001_runs(db: Database) -> None:
     db.execute("PRAGMA user_version = 1")
 
 
+@migrations()
+def m002_enforcement(db: Database) -> None:
+    db.execute("ALTER TABLE runs ADD COLUMN on_overrun TEXT NOT NULL DEFAULT 'default'")
+    # Why a stop was requested, in words, kept apart from ``reason`` (which changes as
+    # the stop proceeds) so the final reason can say it: "exceeded memory envelope 16G".
+    db.execute("ALTER TABLE runs ADD COLUMN stop_detail TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN cores TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN warning TEXT")
+    db.execute("PRAGMA user_version = 2")
+
+
 def migrate(db_path: Path) -> None:
     """Bring the database at ``db_path`` to the current schema (creating it if needed).
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.model import Run, RunSpec, RunState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
 """How long a writer waits for the lock. Generous: a submit must never fail with
 "database is locked" because many submitters arrived at once."""
@@ -101,8 +101,8 @@ def insert_run(
         cursor = conn.execute(
             """
             INSERT INTO runs (name, state, reason, priority, held, argv, cwd, env, envelope,
-                              grace_s, gpus, submitted_at, uid, user)
-            VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?)
+                              grace_s, gpus, submitted_at, uid, user, on_overrun)
+            VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?, ?)
             """,
             (
                 spec.name or "",
@@ -117,6 +117,7 @@ def insert_run(
                 now,
                 uid,
                 user,
+                spec.on_overrun,
             ),
         )
         run_id = cursor.lastrowid
