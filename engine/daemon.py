@@ -33,7 +33,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from engine import protocol
+from engine import cgroups, protocol
 from engine.config import Config
 from engine.engine import Engine
 from engine.launcher import LocalLauncher
@@ -128,9 +128,15 @@ def open_store(home: Home) -> RunStore:
 def build_engine(config: DaemonConfig) -> Engine:
     store = open_store(config.home)
     gpu_probe, gpu_source = gpu_probe_for(config)
+    root, how = cgroups.diagnose(allow_move=True)
+    log.info("memory cgroups: %s", how)
+    launcher = LocalLauncher(config.home.runs_dir, cgroup_root=root)
+    if root is not None:
+        # Before any launch: a run's group is empty for an instant before its shim joins.
+        cgroups.sweep(root, launcher.cgroup_tag)
     return Engine(
         store,
-        LocalLauncher(config.home.runs_dir),
+        launcher,
         HostProbe(config.home.root),
         gpu_probe,
         gpu_source=gpu_source,

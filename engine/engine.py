@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import policy
+from engine import enforce, policy
 from engine.config import Config
 from engine.launcher import LaunchError, Launcher, Observation
 from engine.model import Run, RunState
@@ -144,6 +144,8 @@ class Engine:
         learned: dict[str, object] = {}
         if run.pid is None and observation.child_pid:
             learned.update(pid=observation.child_pid, pid_started_at=observation.child_started_at)
+        if not run.cores and observation.cores:
+            learned.update(cores=observation.cores)
         if run.shim_pid is None and observation.shim_pid:
             # Adopted after a crash between launch and recording the shim: remember it,
             # or every tick would search for it again.
@@ -167,7 +169,7 @@ class Engine:
     def _request_stop(self, run: Run, kind: str, reason: str, now: float) -> None:
         grace = format_duration(run.grace_s)
         self.store.update(
-            run.id, RunState.RUNNING, stop_request=kind, stop_requested_at=now,
+            run.id, RunState.RUNNING, stop_request=kind, stop_requested_at=now, stop_detail=reason,
             reason=f"{reason}: SIGTERM, then SIGKILL after {grace}",
         )
 
@@ -232,15 +234,18 @@ class Engine:
             return
         run = self.store.get(run.id)
         assert run is not None
+        taken = {core for other in self.store.in_state(RunState.RUNNING) if other.id != run.id for core in other.cores}
+        cores = enforce.assign_cores(run.envelope.cpus, sorted(os.sched_getaffinity(0)), taken)
         try:
-            launched = self.launcher.launch(run, run_environment(run))
+            launched = self.launcher.launch(run, run_environment(run), cores=cores)
         except LaunchError as error:
             self.store.transition(
                 run.id, RunState.RUNNING, RunState.FAILED, f"cannot start: {error}", now=now, ended_at=now
             )
             return
         self.store.update(
-            run.id, RunState.RUNNING, shim_pid=launched.shim_pid, shim_started_at=launched.shim_started_at
+            run.id, RunState.RUNNING, shim_pid=launched.shim_pid, shim_started_at=launched.shim_started_at,
+            cores=cores or (),
         )
 
     # ---------------------------------------------------------------- requests
@@ -389,6 +394,15 @@ def _outcome(run: Run, observation: Observation) -> tuple[RunState, str]:
         return RunState.CANCELLED, f"cancelled by user; {how}"
     if run.stop_request == "timeout":
         return RunState.TIMED_OUT, f"time limit {format_duration(run.envelope.time_limit_s)} reached; {how}"
+    if run.stop_request == "overrun":
+        return RunState.FAILED, f"{run.stop_detail}; {how}"
+    oom = enforce.exit_reason(
+        exit_code=observation.exit_code, signal=observation.signal, envelope=run.envelope,
+        oom_killed=observation.oom_killed, box_oom_kill_rose=observation.box_oom_kill_rose,
+        runyard_sent_kill=run.kill_sent_at is not None,
+    )
+    if oom:
+        return RunState.FAILED, oom
     if observation.exit_code == 0:
         return RunState.SUCCEEDED, "exit code 0"
     if observation.exit_code == 127:

@@ -11,6 +11,7 @@ Process identity: a pid alone names a process only until it is reused (pid_max m
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -18,14 +19,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 import psutil
 
-from engine import shim
+from engine import cgroups, enforce, shim
 from engine.model import Run
 
 SHIM_PATH = Path(shim.__file__).resolve()
@@ -34,6 +35,10 @@ CREATE_TIME_TOLERANCE_S = 2.0
 """How far two readings of one process's creation time may differ. psutil derives it
 from the integer boot time in ``/proc/stat``, which can move by a second when the clock
 is adjusted; a pid cannot be reused within two seconds of its first owner's start."""
+
+CGROUP_CLEANUP_TIMEOUT_S = 2.0
+"""How long observing a run's end may wait for what is left in its cgroup to die: the
+engine's tick waits meanwhile. A group still busy then is removed by a later sweep."""
 
 ObservedState = Literal["running", "exited", "lost"]
 
@@ -77,13 +82,25 @@ class Observation:
     shim_pid: int | None = None
     shim_started_at: float | None = None
     """The shim as found; the engine records these when it had none (adoption)."""
+    cores: tuple[int, ...] | None = None
+    """The cores the run is pinned to; ``None`` when it is not pinned (or not started)."""
+    oom_killed: bool | None = None
+    """Once exited: whether the kernel's OOM killer killed any process of the run's
+    cgroup; ``None`` when the run had no cgroup (see ``box_oom_kill_rose``)."""
+    peak_mem_bytes: int | None = None
+    """Once exited: the high-water mark of the run's cgroup (page cache included);
+    ``None`` without a cgroup."""
+    box_oom_kill_rose: bool | None = None
+    """Once exited: whether the box-wide OOM kill count rose while the run ran; ``None``
+    when it could not be read."""
 
 
 class Launcher(Protocol):
     """Starts and follows runs; the engine never cares where a run executes."""
 
-    def launch(self, run: Run, env: Mapping[str, str]) -> Launched:
-        """Start ``run`` with exactly the environment ``env``.
+    def launch(self, run: Run, env: Mapping[str, str], *, cores: Sequence[int] | None = None) -> Launched:
+        """Start ``run`` with exactly the environment ``env``, pinned to ``cores`` if given
+        (:func:`engine.enforce.assign_cores` picks them).
 
         Raises:
             LaunchError: the run cannot start (missing cwd, log not writable, ...).
@@ -109,11 +126,26 @@ class Launcher(Protocol):
         ...
 
 
-def shim_command(run_dir: str | os.PathLike, argv: tuple[str, ...] | list[str]) -> list[str]:
-    """The command line that runs ``argv`` under the shim, recording into ``run_dir``."""
+def shim_command(
+    run_dir: str | os.PathLike,
+    argv: tuple[str, ...] | list[str],
+    *,
+    cores: Sequence[int] | None = None,
+    cgroup: str | os.PathLike | None = None,
+    cgroup_origin: str | os.PathLike | None = None,
+) -> list[str]:
+    """The command line that runs ``argv`` under the shim, recording into ``run_dir``,
+    pinned to ``cores`` and inside ``cgroup`` when given (see :mod:`engine.shim`)."""
+    options: list[str] = []
+    if cores:
+        options += ["--cores", ",".join(str(core) for core in cores)]
+    if cgroup is not None:
+        options += ["--cgroup", str(cgroup)]
+        if cgroup_origin is not None:
+            options += ["--cgroup-origin", str(cgroup_origin)]
     # -I: the run's PYTHONPATH/PYTHONHOME and its cwd must not pick the shim's code;
     # -S: site (and the editable-install finder) costs more than the shim itself.
-    return [sys.executable, "-I", "-S", str(SHIM_PATH), str(run_dir), "--", *argv]
+    return [sys.executable, "-I", "-S", str(SHIM_PATH), str(run_dir), *options, "--", *argv]
 
 
 def is_shim_cmdline(cmdline: list[str], run_dir: str | os.PathLike) -> bool:
@@ -122,10 +154,10 @@ def is_shim_cmdline(cmdline: list[str], run_dir: str | os.PathLike) -> bool:
         separator = cmdline.index("--")
     except ValueError:
         return False
-    if separator < 2 or cmdline[separator - 1] != str(run_dir):
-        return False
-    program = cmdline[separator - 2]
-    return program == "engine.shim" or program.endswith(os.path.join("engine", "shim.py"))
+    for position, program in enumerate(cmdline[: separator - 1]):
+        if program == "engine.shim" or program.endswith(os.path.join("engine", "shim.py")):
+            return cmdline[position + 1] == str(run_dir)
+    return False
 
 
 class LocalLauncher(Launcher):
@@ -133,17 +165,21 @@ class LocalLauncher(Launcher):
 
     Args:
         runs_dir: where run directories live when a run does not name its own.
+        cgroup_root: where to make each run's memory cgroup (:func:`engine.cgroups.detect`);
+            ``None``: runs get none, their memory is enforced by sampling only.
     """
 
-    def __init__(self, runs_dir: str | os.PathLike) -> None:
+    def __init__(self, runs_dir: str | os.PathLike, *, cgroup_root: cgroups.CgroupRoot | None = None) -> None:
         self.runs_dir = Path(runs_dir)
+        self.cgroup_root = cgroup_root
+        self.cgroup_tag = cgroups.home_tag(self.runs_dir)
         self._shims: dict[int, subprocess.Popen] = {}
         """Shims this instance started, by run id: polling reaps them, so an exited shim
         is never mistaken for a live one because it lingers as our zombie."""
 
     # -- the seam -------------------------------------------------------------------
 
-    def launch(self, run: Run, env: Mapping[str, str]) -> Launched:
+    def launch(self, run: Run, env: Mapping[str, str], *, cores: Sequence[int] | None = None) -> Launched:
         if not run.argv:
             raise LaunchError("the run has no command to start")
         if not os.path.isdir(run.cwd):
@@ -163,9 +199,16 @@ class LocalLauncher(Launcher):
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as error:
             raise LaunchError(f"cannot open the log {log_path}: {error.strerror}") from None
+        group = self._make_group(run, log_fd)
         try:
             popen = subprocess.Popen(
-                shim_command(run_dir, run.argv),
+                shim_command(
+                    run_dir,
+                    run.argv,
+                    cores=cores,
+                    cgroup=group,
+                    cgroup_origin=self.cgroup_root.origin if group is not None and self.cgroup_root else None,
+                ),
                 cwd=run.cwd,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
@@ -175,8 +218,10 @@ class LocalLauncher(Launcher):
                 start_new_session=True,
             )
         except OSError as error:
+            self._drop_group(group)
             raise LaunchError(_spawn_failure(error, run.cwd)) from None
         except ValueError as error:  # a NUL byte in argv or env
+            self._drop_group(group)
             raise LaunchError(f"cannot start the run: {error}") from None
         finally:
             os.close(log_fd)
@@ -207,12 +252,17 @@ class LocalLauncher(Launcher):
                 child_started_at=child_started_at,
                 shim_pid=shim_pid,
                 shim_started_at=shim_started_at,
+                cores=_cores(started),
             )
 
         child = self._verified_child(run, started)
         if child is not None:
             return Observation(
-                "running", child_pid=child.pid, child_started_at=child.create_time(), detail=FOLLOWING_CHILD
+                "running",
+                child_pid=child.pid,
+                child_started_at=child.create_time(),
+                detail=FOLLOWING_CHILD,
+                cores=_cores(started),
             )
         return self._finish_unseen(run, run_dir, SHIM_DIED)
 
@@ -256,16 +306,49 @@ class LocalLauncher(Launcher):
     def run_dir(self, run: Run) -> Path:
         return Path(run.run_dir) if run.run_dir else self.runs_dir / str(run.id)
 
+    def _make_group(self, run: Run, log_fd: int) -> Path | None:
+        """The run's memory cgroup, or ``None`` (no cgroups here, ``--mem 0``, or making
+        it failed: said in the run's log, and the run goes on under sampling only)."""
+        if self.cgroup_root is None or run.envelope.mem_bytes <= 0:
+            return None
+        name = cgroups.group_name(self.cgroup_tag, run.id)
+        try:
+            return cgroups.create_run_group(
+                self.cgroup_root, name, cgroups.memory_limit_bytes(run.envelope.mem_bytes)
+            )
+        except cgroups.CgroupError as error:
+            line = f"runyard: {error}; the memory envelope is enforced by sampling only\n"
+            try:
+                os.write(log_fd, line.encode(errors="replace"))
+            except OSError:
+                pass
+            return None
+
+    def _drop_group(self, group: Path | None) -> None:
+        if group is not None:
+            cgroups.remove_run_group(group, timeout_s=CGROUP_CLEANUP_TIMEOUT_S)
+
     def _exited(self, run: Run, ended: dict, started: dict | None) -> Observation:
         self._forget(run)
-        child_pid = started.get("child_pid") if started else None
+        started = started or {}
+        child_pid = started.get("child_pid")
+        oom_kills, peak_mem_bytes = ended.get("oom_kills"), ended.get("peak_mem_bytes")
+        group = started.get("cgroup")
+        if group and not ended.get("cgroup_removed"):
+            left = cgroups.remove_run_group(group, timeout_s=CGROUP_CLEANUP_TIMEOUT_S)
+            oom_kills = oom_kills if oom_kills is not None else left.oom_kills
+            peak_mem_bytes = peak_mem_bytes if peak_mem_bytes is not None else left.peak_mem_bytes
         return Observation(
             "exited",
             child_pid=child_pid,
-            child_started_at=started.get("started_at") if started and child_pid else None,
+            child_started_at=started.get("started_at") if child_pid else None,
             exit_code=ended.get("exit_code"),
             signal=ended.get("signal"),
             ended_at=ended.get("ended_at"),
+            cores=_cores(started),
+            oom_killed=None if oom_kills is None else oom_kills > 0,
+            peak_mem_bytes=peak_mem_bytes,
+            box_oom_kill_rose=enforce.oom_count_rose(started.get("box_oom_kills"), ended.get("box_oom_kills")),
         )
 
     def _finish_unseen(self, run: Run, run_dir: Path, detail: str) -> Observation:
@@ -279,8 +362,20 @@ class LocalLauncher(Launcher):
         returncode = popen.returncode if popen is not None and popen.pid == run.shim_pid else None
         self._forget(run)
         if returncode is not None and returncode >= 0 and started is not None:
-            return _from_shim_status(returncode, started)
-        return Observation("lost", child_pid=started.get("child_pid") if started else None, detail=detail)
+            observation = _from_shim_status(returncode, started)
+        else:
+            observation = Observation("lost", child_pid=started.get("child_pid") if started else None, detail=detail)
+        group = started.get("cgroup") if started else None
+        if not group:
+            return observation
+        # The shim died before removing the run's group: what is left in it goes now.
+        left = cgroups.remove_run_group(group, timeout_s=CGROUP_CLEANUP_TIMEOUT_S)
+        return dataclasses.replace(
+            observation,
+            cores=_cores(started),
+            oom_killed=None if left.oom_kills is None else left.oom_kills > 0,
+            peak_mem_bytes=left.peak_mem_bytes,
+        )
 
     def _live_shim(
         self, run: Run, run_dir: Path, shim_pid: int, shim_started_at: float | None, started: dict | None
@@ -344,6 +439,11 @@ def _from_shim_status(returncode: int, started: dict) -> Observation:
             "exited", child_pid=child_pid, exit_code=-signum, signal=shim.signal_name(signum), detail=detail
         )
     return Observation("exited", child_pid=child_pid, exit_code=returncode, detail=detail)
+
+
+def _cores(started: dict | None) -> tuple[int, ...] | None:
+    cores = started.get("cores") if started else None
+    return tuple(cores) if cores else None
 
 
 def _read_json(path: Path) -> dict | None:

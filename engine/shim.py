@@ -1,12 +1,28 @@
 """The supervisor shim: starts one run's command, waits for it, records how it ended.
 
-The engine starts ``python -I -S engine/shim.py RUN_DIR -- COMMAND [ARG...]`` in a new
-session with the run's cwd, environment and log file. The shim outlives the engine, so
-a run survives an engine restart and its exit status is still recorded:
+The engine starts ``python -I -S engine/shim.py RUN_DIR [OPTION...] -- COMMAND [ARG...]``
+in a new session with the run's cwd, environment and log file. The shim outlives the
+engine, so a run survives an engine restart and its exit status is still recorded:
 
-* ``RUN_DIR/shim.json`` ``{"shim_pid", "child_pid", "started_at"}``, once the command runs;
-* ``RUN_DIR/exit.json`` ``{"exit_code", "signal", "ended_at"}``, once it has ended. A death
-  by signal N is ``exit_code = -N`` (Python's ``Popen`` convention) with ``signal`` its name.
+* ``RUN_DIR/shim.json`` ``{"shim_pid", "child_pid", "started_at", "cores", "cgroup",
+  "box_oom_kills"}``, once the command runs;
+* ``RUN_DIR/exit.json`` ``{"exit_code", "signal", "ended_at", "oom_kills",
+  "peak_mem_bytes", "cgroup_removed", "box_oom_kills"}``, once it has ended. A death by
+  signal N is ``exit_code = -N`` (Python's ``Popen`` convention) with ``signal`` its name.
+
+Options, each applied to the shim itself before the command starts so the command and
+everything it forks inherit them from their first instruction:
+
+* ``--cores 0,1``: pin to these cores (``cores`` records what was applied, else null);
+* ``--cgroup PATH``: join this cgroup (made by the engine with the run's memory limit);
+  ``cgroup`` records it when joined. ``--cgroup-origin DIR`` is the group to go back to
+  once the command is started: the shim then is no OOM victim, and can empty and remove
+  the run's group when the run ends (``cgroup_removed``), after reading how many of its
+  processes the OOM killer took (``oom_kills``) and its memory high-water mark
+  (``peak_mem_bytes``; page cache included, as the kernel charges it).
+
+``box_oom_kills`` is the box-wide ``oom_kill`` count of ``/proc/vmstat`` at launch and at
+the end: without a cgroup, a rise is the only hint that a SIGKILL came from the kernel.
 
 The shim's own exit status is the command's, or 128 + N for a death by signal N.
 
@@ -29,9 +45,19 @@ EXIT_FILE = "exit.json"
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
 USAGE_EXIT = 2
+USAGE = (
+    "usage: python -I -S engine/shim.py RUN_DIR [--cores N,...] [--cgroup PATH [--cgroup-origin DIR]]"
+    " -- COMMAND [ARG...]"
+)
 
 RECORD_RETRY_DELAYS_S = (0.25, 1.0, 3.0)
 """Waits between attempts to write ``exit.json``: a full disk may get space back."""
+
+CGROUP_EMPTY_TIMEOUT_S = 10.0
+"""How long the run's killed processes get to leave its cgroup: a process dies only once
+its memory is freed, which takes a while for tens of gigabytes."""
+
+VMSTAT_PATH = "/proc/vmstat"
 
 _SHIELDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _DEFAULT_IN_CHILD = (*_SHIELDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ)
@@ -89,10 +115,13 @@ def write_json_atomically(path: str, data: dict) -> None:
         os.close(dir_fd)
 
 
-def record_exit(run_dir: str, exit_code: int | None, signal_text: str | None, ended_at: float) -> bool:
-    """Write ``exit.json``, retrying; on failure the log keeps the status. Returns success."""
+def record_exit(
+    run_dir: str, exit_code: int | None, signal_text: str | None, ended_at: float, facts: dict | None = None
+) -> bool:
+    """Write ``exit.json`` (with ``facts`` added), retrying; on failure the log keeps the
+    status. Returns success."""
     path = os.path.join(run_dir, EXIT_FILE)
-    record = {"exit_code": exit_code, "signal": signal_text, "ended_at": ended_at}
+    record = {"exit_code": exit_code, "signal": signal_text, "ended_at": ended_at, **(facts or {})}
     status = f"signal {signal_text}" if signal_text else f"exit code {exit_code}"
     failed = False
     for delay_s in (*RECORD_RETRY_DELAYS_S, None):
@@ -112,10 +141,10 @@ def record_exit(run_dir: str, exit_code: int | None, signal_text: str | None, en
     return False
 
 
-def record_start(run_dir: str, child_pid: int | None, started_at: float) -> None:
+def record_start(run_dir: str, child_pid: int | None, started_at: float, facts: dict | None = None) -> None:
     path = os.path.join(run_dir, SHIM_FILE)
     try:
-        record = {"shim_pid": os.getpid(), "child_pid": child_pid, "started_at": started_at}
+        record = {"shim_pid": os.getpid(), "child_pid": child_pid, "started_at": started_at, **(facts or {})}
         write_json_atomically(path, record)
     except OSError as error:
         # The run goes on: the engine can still follow the shim by its pid.
@@ -142,11 +171,175 @@ def kill_stragglers(pgid: int) -> None:
         pass
 
 
-def run(run_dir: str, command: list[str]) -> int:
+# -- pinning and the box's OOM count ---------------------------------------------------
+
+
+def pin_to(cores: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Pin the shim, and so the command it starts, to ``cores``; ``None`` if refused."""
+    try:
+        os.sched_setaffinity(0, cores)
+    except OSError as error:
+        say(f"cannot pin the run to cores {','.join(map(str, cores))} ({error.strerror}); it runs unpinned")
+        return None
+    return cores
+
+
+def parse_oom_kill(data: bytes) -> int | None:
+    """The ``oom_kill N`` count in ``/proc/vmstat``, ``memory.events`` (cgroup v2) or
+    ``memory.oom_control`` (cgroup v1); ``None`` when absent."""
+    for line in data.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == b"oom_kill":
+            try:
+                return int(fields[1])
+            except ValueError:
+                return None
+    return None
+
+
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:
+        return None
+
+
+def read_box_oom_kills(path: str = VMSTAT_PATH) -> int | None:
+    data = _read_bytes(path)
+    return None if data is None else parse_oom_kill(data)
+
+
+# -- the run's cgroup --------------------------------------------------------------------
+
+
+def _move_self(group: str) -> str | None:
+    """Move the shim into ``group``; the error text when the kernel refuses."""
+    try:
+        fd = os.open(os.path.join(group, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")  # 0: the writer itself
+        finally:
+            os.close(fd)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
+def join_cgroup(path: str) -> bool:
+    problem = _move_self(path)
+    if problem is not None:
+        say(f"cannot join the run's cgroup {path} ({problem}); its memory envelope is enforced by sampling only")
+        return False
+    return True
+
+
+def leave_cgroup(path: str, origin: str) -> bool:
+    problem = _move_self(origin)
+    if problem is not None:
+        say(f"cannot leave the run's cgroup {path} for {origin} ({problem}); it is removed once the shim exits")
+        return False
+    return True
+
+
+def cgroup_pids(path: str) -> set[int] | None:
+    """The processes in the group; ``None`` when it cannot be read (gone)."""
+    data = _read_bytes(os.path.join(path, "cgroup.procs"))
+    if data is None:
+        return None
+    return {int(field) for field in data.split() if field.isdigit()}
+
+
+def empty_cgroup(path: str, timeout_s: float = CGROUP_EMPTY_TIMEOUT_S) -> bool:
+    """Kill every process left in the group (a daemon the run started with ``setsid``
+    escapes the process group, not the cgroup) and wait for them to leave it."""
+    deadline = time.monotonic() + timeout_s
+    me = os.getpid()
+    while True:
+        pids = cgroup_pids(path)
+        if pids is None:
+            return True
+        pids.discard(me)  # a shim that could not leave stays: the engine cleans up later
+        if not pids:
+            return True
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def cgroup_oom_kills(path: str) -> int | None:
+    for name in ("memory.events", "memory.oom_control"):
+        data = _read_bytes(os.path.join(path, name))
+        if data is not None:
+            return parse_oom_kill(data)
+    return None
+
+
+def cgroup_peak_bytes(path: str) -> int | None:
+    for name in ("memory.peak", "memory.max_usage_in_bytes"):
+        data = _read_bytes(os.path.join(path, name))
+        if data is not None:
+            try:
+                return int(data.split()[0])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+def remove_cgroup(path: str, timeout_s: float = CGROUP_EMPTY_TIMEOUT_S) -> bool:
+    """Remove the (emptied) group; a group lingers busy for a moment after its last
+    process is reaped, hence the retries."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as error:
+            if error.errno != errno.EBUSY or time.monotonic() >= deadline:
+                return False
+        time.sleep(0.02)
+
+
+def close_cgroup(path: str, *, remove: bool) -> dict:
+    """Empty the run's group, read what it recorded, and remove it if ``remove``."""
+    emptied = empty_cgroup(path)
+    facts = {"oom_kills": cgroup_oom_kills(path), "peak_mem_bytes": cgroup_peak_bytes(path)}
+    removed = remove and emptied and remove_cgroup(path)
+    if remove and not removed:
+        say(f"cannot remove the run's cgroup {path}; it is retried when the engine sees the run end")
+    facts["cgroup_removed"] = removed
+    return facts
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def run(
+    run_dir: str,
+    command: list[str],
+    *,
+    cores: tuple[int, ...] | None = None,
+    cgroup: str | None = None,
+    cgroup_origin: str | None = None,
+) -> int:
     """Start ``command``, wait for it, record the outcome; returns the shim's exit status."""
     for signum in _SHIELDED_SIGNALS:
         signal.signal(signum, _ignore)
     started_at = time.time()
+    pinned = pin_to(cores) if cores else None
+    joined = join_cgroup(cgroup) if cgroup else False
+    start_facts = {
+        "cores": list(pinned) if pinned else None,
+        "cgroup": cgroup if joined else None,
+        "box_oom_kills": read_box_oom_kills(),
+    }
     try:
         # Its own process group (pgid = its pid): the engine signals the command and all
         # its descendants with one killpg, and the shim stays out of the blast.
@@ -156,24 +349,67 @@ def run(run_dir: str, command: list[str]) -> int:
     except OSError as error:
         say(f"cannot start {command[0]}: {error.strerror}")
         exit_code = EXIT_NOT_FOUND if error.errno in (errno.ENOENT, errno.ENOTDIR) else EXIT_NOT_EXECUTABLE
-        record_start(run_dir, None, started_at)
-        record_exit(run_dir, exit_code, None, time.time())
+        left = joined and cgroup_origin is not None and leave_cgroup(cgroup, cgroup_origin)
+        record_start(run_dir, None, started_at, start_facts)
+        end_facts = close_cgroup(cgroup, remove=left) if joined else {}
+        record_exit(run_dir, exit_code, None, time.time(), {**end_facts, "box_oom_kills": read_box_oom_kills()})
         return exit_code
-    record_start(run_dir, child_pid, started_at)
+    left = joined and cgroup_origin is not None and leave_cgroup(cgroup, cgroup_origin)
+    record_start(run_dir, child_pid, started_at, start_facts)
     exit_code = os.waitstatus_to_exitcode(wait_for(child_pid))
     ended_at = time.time()
     kill_stragglers(child_pid)
+    end_facts = close_cgroup(cgroup, remove=left) if joined else {}
+    end_facts["box_oom_kills"] = read_box_oom_kills()
     signal_text = signal_name(-exit_code) if exit_code < 0 else None
-    record_exit(run_dir, exit_code, signal_text, ended_at)
+    record_exit(run_dir, exit_code, signal_text, ended_at, end_facts)
     return 128 - exit_code if exit_code < 0 else exit_code
+
+
+def parse_args(args: list[str]) -> tuple[str, dict, list[str]]:
+    """``RUN_DIR [OPTION...] -- COMMAND...`` as ``(run_dir, options for run(), command)``.
+
+    Raises:
+        ValueError: the line is malformed; the message says how.
+    """
+    if "--" not in args:
+        raise ValueError("missing -- before the command")
+    separator = args.index("--")
+    head, command = args[:separator], args[separator + 1 :]
+    if not head or head[0].startswith("--"):
+        raise ValueError("missing RUN_DIR")
+    if not command:
+        raise ValueError("missing the command after --")
+    options: dict = {}
+    rest = head[1:]
+    if len(rest) % 2:
+        raise ValueError(f"option {rest[-1]} needs a value")
+    for name, value in zip(rest[::2], rest[1::2]):
+        if name == "--cores":
+            try:
+                cores = tuple(int(core) for core in value.split(","))
+            except ValueError:
+                raise ValueError(f"--cores takes core numbers such as 0,1; got {value!r}") from None
+            if not cores or min(cores) < 0:
+                raise ValueError(f"--cores takes core numbers such as 0,1; got {value!r}")
+            options["cores"] = cores
+        elif name == "--cgroup":
+            options["cgroup"] = value
+        elif name == "--cgroup-origin":
+            options["cgroup_origin"] = value
+        else:
+            raise ValueError(f"unknown option {name}")
+    return head[0], options, command
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 3 or args[1] != "--":
-        say("usage: python -I -S engine/shim.py RUN_DIR -- COMMAND [ARG...]")
+    try:
+        run_dir, options, command = parse_args(args)
+    except ValueError as error:
+        say(f"{error}; {USAGE}")
         return USAGE_EXIT
-    return run(args[0], args[2:])
+    return run(run_dir, command, **options)
 
 
 if __name__ == "__main__":

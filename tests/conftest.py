@@ -59,6 +59,7 @@ class Yard:
     home: Path
     daemon: subprocess.Popen | None = None
     daemon_args: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -66,6 +67,9 @@ class Yard:
         env["RUNYARD_HOME"] = str(self.home)
         env.pop("RUNYARD_SIMULATE_GPUS", None)
         env.pop("RUNYARD_SOCKET", None)
+        # A developer's own config must not change what the tests see.
+        env["RUNYARD_CONFIG"] = str(self.home / "empty-config.toml")
+        env.update(self.extra_env)
         return env
 
     def cli(self, *args: str, check: bool = True, cwd: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -129,6 +133,7 @@ class Yard:
 def yard() -> Iterator[Yard]:
     # A short path: a Unix socket's path must stay under about 100 bytes.
     home = Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp"))
+    (home / "empty-config.toml").write_text("")
     yard = Yard(home)
     try:
         yield yard

@@ -27,6 +27,7 @@ from engine.launcher import (
     LaunchError,
     LocalLauncher,
     Observation,
+    is_shim_cmdline,
     shim_command,
 )
 from engine.model import Run, RunState
@@ -98,8 +99,8 @@ class TrackedLauncher(LocalLauncher):
         super().__init__(runs_dir)
         self.sessions = sessions
 
-    def launch(self, run: Run, env) -> Launched:
-        launched = super().launch(run, env)
+    def launch(self, run: Run, env, **options) -> Launched:
+        launched = super().launch(run, env, **options)
         self.sessions.add(launched.shim_pid)
         return launched
 
@@ -489,3 +490,42 @@ def test_the_shim_imports_nothing_heavy(tmp_path):
     heavy = {"subprocess", "psutil", "threading", "asyncio", "sqlite3", "pathlib", "engine"}
     assert not imported & heavy
     assert read_record(tmp_path, shim.EXIT_FILE)["exit_code"] == 0
+
+
+# -- the shim's command line ------------------------------------------------------------
+
+
+def test_a_shim_command_line_with_options_is_recognised_by_its_run_dir(tmp_path):
+    line = shim_command(
+        tmp_path, ["python", "train.py", "--", "x"], cores=[0, 1], cgroup="/cg/run", cgroup_origin="/cg"
+    )
+
+    assert line[line.index(str(SHIM_PATH)) + 1 :] == [
+        str(tmp_path), "--cores", "0,1", "--cgroup", "/cg/run", "--cgroup-origin", "/cg", "--",
+        "python", "train.py", "--", "x",
+    ]
+    assert is_shim_cmdline(line, tmp_path)
+    assert not is_shim_cmdline(line, tmp_path / "other")
+    assert not is_shim_cmdline(["python", "train.py", str(tmp_path), "--"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["RUN_DIR", "true"], "missing -- before the command"),
+        (["--", "true"], "missing RUN_DIR"),
+        (["RUN_DIR", "--"], "missing the command after --"),
+        (["RUN_DIR", "--cores", "--", "true"], "option --cores needs a value"),
+        (["RUN_DIR", "--cores", "a,b", "--", "true"], "--cores takes core numbers such as 0,1; got 'a,b'"),
+        (["RUN_DIR", "--cores", "-1", "--", "true"], "--cores takes core numbers such as 0,1; got '-1'"),
+        (["RUN_DIR", "--nice", "5", "--", "true"], "unknown option --nice"),
+    ],
+)
+def test_a_malformed_shim_command_line_is_one_usage_line(tmp_path, args, problem):
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(SHIM_PATH), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+
+    assert done.returncode == shim.USAGE_EXIT
+    assert done.stderr == f"runyard: {problem}; {shim.USAGE}\n"
+    assert list(tmp_path.iterdir()) == []

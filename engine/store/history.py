@@ -33,13 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.probes.gpu import GpuSample
-from engine.probes.host import HostSample
 from engine.store.sql import connect, write_transaction
-from engine.usage import RunUsage
 
 if TYPE_CHECKING:
+    # Types only: a reader (``runyard show --usage``) needs neither psutil nor sqlite-utils.
     from sqlite_utils import Database, Migrations
+
+    from engine.probes.gpu import GpuSample
+    from engine.probes.host import HostSample
+    from engine.usage import RunUsage
 
 MIGRATION_SET = "runyard-history"
 MINUTE_S = 60.0
@@ -131,7 +133,9 @@ def apply_history_migrations(db_path_or_conn: Path | str | sqlite3.Connection) -
 
     if isinstance(db_path_or_conn, sqlite3.Connection):
         with _migration_lock(_file_of(db_path_or_conn)):
-            history_migrations().apply(Database(db_path_or_conn))
+            # Someone else's connection: leave its pragmas alone.
+            db = Database(db_path_or_conn, recursive_triggers=False, execute_plugins=False)
+            history_migrations().apply(db)
         return
     path = Path(db_path_or_conn)
     with _migration_lock(path):
@@ -197,7 +201,7 @@ class _Metric:
 @dataclass(frozen=True)
 class _Series:
     """A pair of series tables (raw, minute) and the SQL that writes, thins and reads
-    them; a test holds these descriptions to the migration's columns."""
+    them. A test holds these descriptions to the columns the migration created."""
 
     name: str
     keys: tuple[str, ...]
@@ -230,7 +234,8 @@ class _Series:
         """SQL turning a reading (expressions in :attr:`readings` order) into a raw row."""
         keys_and_at = list(values[: len(self.keys) + 1])
         metrics = values[len(self.keys) + 1 :]
-        return [*keys_and_at, "1", *(sql for metric, value in zip(self.metrics, metrics) for sql in metric.as_row(value))]
+        columns = [sql for metric, value in zip(self.metrics, metrics) for sql in metric.as_row(value)]
+        return [*keys_and_at, "1", *columns]
 
     def record_sql(self) -> str:
         """Insert one reading, bound as a tuple in :attr:`readings` order."""
@@ -265,7 +270,7 @@ class _Series:
         merged = [f"{aggregate} AS {column}" for aggregate, (column, _) in zip(_aggregates(self.rules), self.rules)]
         group = ", ".join(["slot", *self.keys])
         return (
-            f"SELECT {slot} AS slot, {', '.join([*self.keys, 'SUM(samples) AS samples', *merged])} "
+            f"SELECT {slot} AS slot, {', '.join([*self.keys, 'MIN(at) AS at', 'SUM(samples) AS samples', *merged])} "
             f"FROM ({' UNION ALL '.join(arms)}) GROUP BY {group} ORDER BY {group}"
         )
 
@@ -294,7 +299,9 @@ def _merge_assignments(rules: Iterable[tuple[str, str]]) -> str:
             parts.append(f"{column} = {column} + excluded.{column}")
         else:
             # Two-argument MAX/MIN is NULL when either is: keep whichever is known.
-            parts.append(f"{column} = {how}(COALESCE({column}, excluded.{column}), COALESCE(excluded.{column}, {column}))")
+            parts.append(
+                f"{column} = {how}(COALESCE({column}, excluded.{column}), COALESCE(excluded.{column}, {column}))"
+            )
     return ", ".join(parts)
 
 
@@ -378,7 +385,7 @@ class BoxPoint:
     """The box over one slot of a series: means, and the worst value in the slot."""
 
     at: float
-    """Start of the slot."""
+    """When the slot's first sample was taken (its minute's start, if thinned)."""
     samples: int
     cpu_percent: float
     cpu_percent_max: float
@@ -395,7 +402,7 @@ class RunPoint:
     """One run over one slot of a series: means, and peaks (``_max``)."""
 
     at: float
-    """Start of the slot."""
+    """When the slot's first sample was taken (its minute's start, if thinned)."""
     samples: int
     cpu_percent: float
     cpu_percent_max: float
@@ -441,7 +448,6 @@ class History:
         self.conn = conn
         self.raw_keep_s = float(raw_keep_s)
         self.retention_s = float(retention_s)
-        self._batch_ready = False
 
     # -- writing ----------------------------------------------------------------------
 
@@ -483,9 +489,7 @@ class History:
         if not rows:
             return
         with write_transaction(self.conn):
-            if not self._batch_ready:
-                self.conn.execute(_BATCH_DDL)
-                self._batch_ready = True
+            self.conn.execute(_BATCH_DDL)
             self.conn.executemany(_BATCH_INSERT, rows)
             self.conn.execute(_RAW_FROM_BATCH)
             self.conn.execute(_SUMMARY_FROM_BATCH)
@@ -530,7 +534,7 @@ class History:
             )
         return [
             BoxPoint(
-                at=since + row["slot"] * params["step"],
+                at=row["at"],
                 samples=row["samples"],
                 cpu_percent=_mean(row["cpu_percent_sum"], row["samples"]),
                 cpu_percent_max=row["cpu_percent_max"],
@@ -554,7 +558,7 @@ class History:
             return []
         return [
             RunPoint(
-                at=since + row["slot"] * params["step"],
+                at=row["at"],
                 samples=row["samples"],
                 cpu_percent=_mean(row["cpu_percent_sum"], row["samples"]),
                 cpu_percent_max=row["cpu_percent_max"],
