@@ -7,6 +7,8 @@ daemon is up. Either way one process per ``RUNYARD_HOME`` holds ``daemon.lock``.
 When the engine runs, on an asyncio loop in one thread:
 - APScheduler's interval job ticks every ``TICK_INTERVAL_S`` (foreign usage changes,
   runs queued by an offline ``runyard submit``);
+- another samples every run's usage every ``sample_interval`` of the config, records it
+  in the usage history and stops runs over their envelope; a third thins the history;
 - a request that changes the queue ticks at once;
 - each running run's pidfd wakes the loop the moment its process ends;
 - a timer fires at the next time limit or end of a grace period.
@@ -40,12 +42,14 @@ from engine.launcher import LocalLauncher
 from engine.paths import Home
 from engine.probes.host import HostProbe
 from engine.store import sql
+from engine.store.history import History, apply_history_migrations
 from engine.store.runs import RunStore
 from engine.store.schema import migrate
 
 log = logging.getLogger("runyard.daemon")
 
 TICK_INTERVAL_S = 2.0
+COMPACT_INTERVAL_S = 600.0
 
 
 class DaemonError(RuntimeError):
@@ -109,24 +113,36 @@ def _acquire_lock(home: Home) -> int:
     return fd
 
 
-def open_store(home: Home) -> RunStore:
-    """Migrate and open the database, turning every way it can be broken into one line."""
+def open_store(home: Home, settings: Config | None = None) -> tuple[RunStore, History]:
+    """Migrate and open the database, turning every way it can be broken into one line.
+
+    The usage history gets a connection of its own: its writes need not wait for the
+    run store's, and it may trade durability for speed (``synchronous=NORMAL``): a
+    crash can lose its last samples, never a run.
+    """
+    settings = settings or Config()
     home.ensure()
     try:
         migrate(home.db_path)
+        apply_history_migrations(home.db_path)
         conn = sql.connect(home.db_path)
         sql.schema_version(conn)
+        history_conn = sql.connect(home.db_path)
+        history_conn.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.DatabaseError as error:
         raise DaemonError(str(sql.store_error(home.db_path, error))) from None
     except sql.StoreError as error:
         raise DaemonError(str(error)) from None
     except OSError as error:
         raise DaemonError(f"cannot open {home.db_path}: {error.strerror}; check the disk and permissions") from None
-    return RunStore(conn, home.runs_dir)
+    history = History(
+        history_conn, raw_keep_s=settings.history_raw_keep_s, retention_s=settings.history_retention_s
+    )
+    return RunStore(conn, home.runs_dir), history
 
 
 def build_engine(config: DaemonConfig) -> Engine:
-    store = open_store(config.home)
+    store, history = open_store(config.home, config.settings)
     gpu_probe, gpu_source = gpu_probe_for(config)
     root, how = cgroups.diagnose(allow_move=True)
     log.info("memory cgroups: %s", how)
@@ -143,6 +159,7 @@ def build_engine(config: DaemonConfig) -> Engine:
         mode=config.mode,
         home=config.home.root,
         config=config.settings,
+        history=history,
     )
 
 
@@ -173,6 +190,25 @@ class Server:
             next_deadline = None
         self._arm_deadline(next_deadline)
         self._sync_watches()
+
+    # APScheduler runs a plain function in a worker thread; these are coroutines so that
+    # they run on the loop, the only thread that may touch the engine.
+
+    async def periodic_tick(self) -> None:
+        self.wake()
+
+    async def sample_usage(self) -> None:
+        try:
+            if self.engine.sample_usage():
+                self.wake()
+        except Exception:
+            log.exception("usage sampling failed; retrying on the next one")
+
+    async def compact_history(self) -> None:
+        try:
+            self.engine.compact_history()
+        except Exception:
+            log.exception("thinning the usage history failed; retrying later")
 
     def _arm_deadline(self, at: float | None) -> None:
         if self._deadline_timer is not None:
@@ -275,7 +311,27 @@ class Server:
             return result
         if op == "status":
             return engine.status()
+        if op == "usage":
+            return engine.usage_report(args.get("id"), max_points=_points(args))
+        if op == "history":
+            since = args.get("since")
+            if not isinstance(since, (int, float)):
+                since = engine.clock() - 600
+            return engine.box_history(float(since), max_points=_points(args))
+        if op == "priority":
+            run = engine.set_priority(args.get("id"), args.get("priority"))
+            self.wake()
+            return run.to_json()
+        if op == "preview":
+            return engine.preview(args)
         raise protocol.RequestError(f"unknown request {op!r}; known: {', '.join(protocol.OPS)}")
+
+
+def _points(args: dict[str, Any]) -> int:
+    points = args.get("max_points", 120)
+    if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= 10_000:
+        raise protocol.RequestError("max_points must be a whole number from 1 to 10000", protocol.EXIT_BAD_INPUT)
+    return points
 
 
 def _peer_credentials(sock: socket.socket | None) -> tuple[int, int, int] | None:
@@ -316,13 +372,19 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[Server], None] | No
         )
         os.chmod(socket_path, 0o600)
         scheduler = AsyncIOScheduler(event_loop=loop)
-        scheduler.add_job(server.wake, "interval", seconds=TICK_INTERVAL_S, id="tick",
+        scheduler.add_job(server.periodic_tick, "interval", seconds=TICK_INTERVAL_S, id="tick",
+                          coalesce=True, max_instances=1)
+        scheduler.add_job(server.sample_usage, "interval", seconds=config.settings.sample_interval_s,
+                          id="sample", coalesce=True, max_instances=1)
+        scheduler.add_job(server.compact_history, "interval", seconds=COMPACT_INTERVAL_S, id="compact",
                           coalesce=True, max_instances=1)
         scheduler.start()
         if config.install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, server.stopping.set)
         server.wake()
+        await server.compact_history()
+        await server.sample_usage()
         log.info("runyard engine serving %s (pid %s, GPUs: %s)", socket_path, os.getpid(), engine.gpu_source)
         if on_ready:
             on_ready(server)
@@ -339,6 +401,8 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[Server], None] | No
             server.close_watches()
             engine.gpu_probe.close()
             engine.store.conn.close()
+            if engine.history is not None:
+                engine.history.conn.close()
             log.info("runyard engine stopped; runs keep running")
     finally:
         os.close(lock_fd)

@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,9 +29,11 @@ from engine.probes.attribution import box_view, run_process_trees, run_rss_bytes
 from engine.probes.gpu import GpuSample
 from engine.probes.host import HostSample
 from engine.protocol import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_NO_SUCH_RUN, RequestError
+from engine.store.history import History
 from engine.store.runs import RunStore
 from engine.submission import spec_from_request
 from engine.units import format_duration
+from engine.usage import RunUsage, UsageSampler
 
 log = logging.getLogger("runyard.engine")
 
@@ -53,6 +55,9 @@ class Sample:
     gpus: tuple[GpuSample, ...]
     box: policy.BoxView
     at: float
+    trees: dict[int, set[int]]
+    """``run_id -> pids`` of the runs running when it was taken."""
+    rss_bytes: dict[int, int]
 
 
 class Engine:
@@ -69,6 +74,7 @@ class Engine:
         home: Path | None = None,
         sample_ttl_s: float = 1.0,
         config: Config | None = None,
+        history: History | None = None,
     ) -> None:
         self.store = store
         self.launcher = launcher
@@ -82,6 +88,12 @@ class Engine:
         self.config = config or Config()
         self.started_at = clock()
         self._sample: Sample | None = None
+        self.history = history
+        self.usage_sampler = UsageSampler()
+        self.last_usage: dict[int, RunUsage] = {}
+        self._peaks: dict[int, tuple[int, int]] = {}
+        """``run_id -> (peak RSS, peak GPU memory)`` seen since this engine started; the
+        history's summary supplies what earlier engines saw."""
         self._term_delivered: set[int] = set()
         """Runs whose stop SIGTERM reached a process; a failed delivery (no pid known
         yet) is retried on the next tick instead of being forgotten."""
@@ -122,10 +134,99 @@ class Engine:
             gpus = tuple(self.gpu_probe.sample())
             running = self.store.in_state(RunState.RUNNING)
             trees = run_process_trees({run.id: run.pid for run in running if run.pid})
-            rss = sum(run_rss_bytes(trees).values())
-            box = with_headroom(box_view(host, gpus, trees, rss), self.config)
-            self._sample = Sample(host, gpus, box, now)
+            rss_by_run = run_rss_bytes(trees)
+            box = with_headroom(box_view(host, gpus, trees, sum(rss_by_run.values())), self.config)
+            self._sample = Sample(host, gpus, box, now, trees, rss_by_run)
         return self._sample
+
+    # ------------------------------------------------------------------- usage
+
+    def sample_usage(self) -> bool:
+        """Take a fresh sample of the box and every running run, record it in the usage
+        history and act on runs that outgrew their envelope.
+
+        Returns:
+            Whether a run was asked to stop (the caller should tick soon, to deliver the
+            SIGTERM and time its grace).
+        """
+        sample = self.sample(fresh=True)
+        now = sample.at
+        running = [run for run in self.store.in_state(RunState.RUNNING) if run.id in sample.trees or not run.pid]
+        usages = self.usage_sampler.sample(
+            {run.id: (run.pid, _usage_folders(run)) for run in running},
+            sample.gpus,
+            {run.id: run.gpus for run in running},
+            now,
+            trees=sample.trees,
+            rss_bytes=sample.rss_bytes,
+        )
+        self.last_usage = usages
+        for run_id in set(self._peaks) - set(usages):
+            del self._peaks[run_id]
+        if self.history is not None:
+            try:
+                self.history.record_box(now, sample.host, sample.gpus)
+                self.history.record_runs(now, usages)
+            except Exception:  # a full disk must not stop enforcement
+                log.exception("cannot record usage history")
+        stopped = False
+        for run in running:
+            usage = usages.get(run.id)
+            if usage is not None and run.pid:
+                stopped |= self._enforce(run, usage, now)
+        return stopped
+
+    def _enforce(self, run: Run, usage: RunUsage, now: float) -> bool:
+        rss_peak, gpu_peak = self._peaks.get(run.id, (0, 0))
+        rss_peak, gpu_peak = max(rss_peak, usage.rss_bytes), max(gpu_peak, usage.gpu_mem_bytes)
+        self._peaks[run.id] = (rss_peak, gpu_peak)
+        if run.stop_request is not None:
+            return False
+        verdict = enforce.check_overrun(
+            run.envelope, run.on_overrun, usage.rss_bytes, usage.gpu_mem_bytes,
+            *self._historic_peaks(run.id, rss_peak, gpu_peak),
+        )
+        if verdict is None:
+            return False
+        if verdict.action == "kill":
+            log.warning("run %s: %s; stopping it", run.id, verdict.reason)
+            self._request_stop(run, "overrun", verdict.reason, now)
+            self._supervise(self.store.get(run.id) or run, now)
+            return True
+        if not _same_overrun(run.warning, verdict):
+            log.warning("run %s: %s (on-overrun: warn)", run.id, verdict.reason)
+            self.store.update(run.id, RunState.RUNNING, warning=verdict.reason)
+        return False
+
+    def _historic_peaks(self, run_id: int, rss_peak: int, gpu_peak: int) -> tuple[int, int]:
+        if self.history is None:
+            return rss_peak, gpu_peak
+        summary = self.history.run_summary(run_id) or {}
+        return (
+            max(rss_peak, (summary.get("rss_bytes") or {}).get("max") or 0),
+            max(gpu_peak, (summary.get("gpu_mem_bytes") or {}).get("max") or 0),
+        )
+
+    def compact_history(self) -> None:
+        if self.history is not None:
+            self.history.compact(self.clock())
+
+    def usage_report(self, run_id: Any, *, max_points: int = 120) -> dict[str, Any]:
+        """A run's usage against its envelope: its lifetime summary and a series for plots."""
+        run = self.get(run_id)
+        summary = self.history.run_summary(run.id) if self.history else None
+        series = []
+        if self.history is not None and summary is not None:
+            series = self.history.run_series(
+                run.id, since=summary["first_at"], until=summary["last_at"], max_points=max_points
+            )
+        return {"run": run.to_json(), "summary": summary, "series": [asdict(point) for point in series]}
+
+    def box_history(self, since: float, *, max_points: int = 120) -> list[dict[str, Any]]:
+        """The box (and its GPUs) since ``since``, for sparklines."""
+        if self.history is None:
+            return []
+        return [asdict(point) for point in self.history.box_series(since, max_points=max_points)]
 
     # ------------------------------------------------------------- supervision
 
@@ -298,6 +399,48 @@ class Engine:
             return self.set_held(run_id, held)
         return self.get(run.id)
 
+    def set_priority(self, run_id: Any, priority: Any) -> Run:
+        run = self.get(run_id)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise RequestError(f"priority must be a whole number, got {priority!r}", EXIT_BAD_INPUT)
+        if run.state is not RunState.QUEUED:
+            raise RequestError(
+                f"run {run.id} is {run.state.value}; only a queued run's priority can change", EXIT_ERROR
+            )
+        if not self.store.update(run.id, RunState.QUEUED, priority=priority):
+            return self.set_priority(run_id, priority)
+        return self.get(run.id)
+
+    def preview(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Whether a run as submitted with ``args`` would start now, or why it would wait.
+
+        The same parsing and admission as :meth:`submit`, on the current queue, without
+        queueing anything.
+        """
+        spec = spec_from_request(args, self.config.default_envelope)
+        box = self.sample().box
+        problem = policy.never_fits(spec.envelope, box)
+        if problem:
+            return {"verdict": "refused", "reason": problem, "envelope": spec.envelope.to_dict(), "describe": spec.envelope.describe()}
+        candidate_id = -1
+        queued = [
+            policy.QueuedRun(run.id, run.envelope, run.priority, run.submitted_at, run.held)
+            for run in self.store.in_state(RunState.QUEUED)
+        ]
+        queued.append(policy.QueuedRun(candidate_id, spec.envelope, spec.priority, self.clock(), spec.held))
+        running = self.store.in_state(RunState.RUNNING)
+        decision = policy.decide(
+            queued,
+            [policy.Holding(run.id, run.envelope, run.gpus, run.deadline) for run in running],
+            box,
+            self.clock(),
+            draining=self.draining,
+        )
+        if any(start.run_id == candidate_id for start in decision.starts):
+            return {"verdict": "starts", "reason": "would start now", "envelope": spec.envelope.to_dict(), "describe": spec.envelope.describe()}
+        reason = decision.waiting.get(candidate_id, "waiting")
+        return {"verdict": "waits", "reason": reason, "envelope": spec.envelope.to_dict(), "describe": spec.envelope.describe()}
+
     def set_draining(self, draining: bool) -> dict[str, Any]:
         self.store.set_meta(DRAINING_KEY, "1" if draining else None)
         return {"draining": draining}
@@ -322,6 +465,11 @@ class Engine:
             # A card held whole is reserved whole, however little of it the run uses.
             if any(self._holds_whole(run, gpu.index) for run in running):
                 reserved_gpu_mem[gpu.index] = gpu.mem_total
+        owner_of = {pid: run_id for run_id, pids in sample.trees.items() for pid in pids}
+        counted_held: dict[str, int] = {}
+        for run in running:
+            for name, amount in run.envelope.resources:
+                counted_held[name] = counted_held.get(name, 0) + amount
         counts = dict(
             self.store.conn.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall()
         )
@@ -359,8 +507,13 @@ class Engine:
                     "unavailable_reason": gpu.unavailable_reason,
                     "holders": holders.get(gpu.index, []),
                     "mem_reserved": reserved_gpu_mem.get(gpu.index, 0),
+                    "processes": [_gpu_process_json(process, owner_of) for process in gpu.processes],
                 }
                 for gpu in sample.gpus
+            ],
+            "resources": [
+                {"name": name, "capacity": capacity, "held": counted_held.get(name, 0)}
+                for name, capacity in self.config.resources
             ],
             "reserved": {
                 "cpus": sum(run.envelope.cpus for run in running),
@@ -410,6 +563,35 @@ def _outcome(run: Run, observation: Observation) -> tuple[RunState, str]:
     if observation.exit_code == 126:
         return RunState.FAILED, "exit code 126: command not executable"
     return RunState.FAILED, how
+
+
+def _gpu_process_json(process: Any, owner_of: dict[int, int]) -> dict[str, Any]:
+    """A GPU process and who it belongs to: a runyard run, or a user of the box."""
+    run_id = owner_of.get(process.pid)
+    user = process.user or (None if run_id is not None else _process_user(process.pid))
+    return {"pid": process.pid, "used_mem": process.used_mem, "run_id": run_id, "user": user}
+
+
+def _process_user(pid: int) -> str | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).username()
+    except (psutil.Error, KeyError, OSError):
+        return None
+
+
+def _usage_folders(run: Run) -> list[Path]:
+    return [Path(run.run_dir)] if run.run_dir else []
+
+
+def _same_overrun(previous: str | None, verdict: enforce.Verdict) -> bool:
+    """Whether a stored warning already names every resource of this one (the peak in
+    it may have grown; a warning is written once per resource, not per sample)."""
+    if previous is None:
+        return False
+    names = {"mem": "exceeded memory envelope", "gpu_mem": "exceeded GPU memory envelope"}
+    return all(names[resource] in previous for resource in verdict.resources)
 
 
 def run_environment(run: Run) -> dict[str, str]:

@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("show", help="show one run")
     show.add_argument("id")
+    show.add_argument("--usage", action="store_true", help="what it used against its envelope: peak and mean")
     show.add_argument("--json", action="store_true")
 
     logs = commands.add_parser("logs", help="print a run's output")
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("id")
         sub.add_argument("--json", action="store_true")
+    priority = commands.add_parser("priority", help="change a queued run's priority (higher starts first)")
+    priority.add_argument("id")
+    priority.add_argument("priority", type=int)
+    priority.add_argument("--json", action="store_true")
     commands.add_parser("drain", help="admit nothing new; running runs go on")
     commands.add_parser("undrain", help="admit runs again")
     status = commands.add_parser("status", help="the engine and the box's resources")
@@ -318,6 +323,8 @@ def _get_run(home: Home, run_id: str) -> dict[str, Any]:
 
 
 def cmd_show(home: Home, args: argparse.Namespace) -> int:
+    if args.usage:
+        return _show_usage(home, args)
     run = _get_run(home, args.id)
     if args.json:
         print(json.dumps(run, indent=2))
@@ -333,9 +340,50 @@ def cmd_show(home: Home, args: argparse.Namespace) -> int:
         ("submitted", stamp(run["submitted_at"])), ("started", stamp(run["started_at"])),
         ("ended", stamp(run["ended_at"])), ("log", run["log_path"]),
     ]
+    if run.get("warning"):
+        fields.insert(4, ("warning", run["warning"]))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         print(f"{name.ljust(width)}  {value}")
+    return 0
+
+
+def _show_usage(home: Home, args: argparse.Namespace) -> int:
+    from engine.usage_report import format_usage
+
+    try:
+        report = _client(home).call("usage", id=args.id)
+    except DaemonUnavailable:
+        report = _usage_offline(home, args.id)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_usage(report["run"], report["summary"]))
+    return 0
+
+
+def _usage_offline(home: Home, run_id: str) -> dict[str, Any]:
+    import sqlite3
+
+    from engine.store.history import History
+
+    run = _get_run(home, run_id)
+
+    def summary(conn):
+        try:
+            return History(conn).run_summary(run["id"])
+        except sqlite3.OperationalError:  # no engine ever ran here: no history tables yet
+            return None
+
+    return {"run": run, "summary": _read_offline(home, summary), "series": []}
+
+
+def cmd_priority(home: Home, args: argparse.Namespace) -> int:
+    run = _engine_call(home, "priority", id=args.id, priority=args.priority)
+    if args.json:
+        print(json.dumps(run, indent=2))
+    else:
+        print(f"run {run['id']}: priority {run['priority']} ({run['reason']})")
     return 0
 
 
@@ -403,6 +451,12 @@ def cmd_status(home: Home, args: argparse.Namespace) -> int:
         holders = ",".join(map(str, gpu["holders"])) or "-"
         print(f"  [{gpu['index']}] {gpu['name']}: {format_size(gpu['mem_used'])} / {format_size(gpu['mem_total'])}"
               f" used, runs {holders}{state}")
+        for process in gpu.get("processes", []):
+            owner = f"run {process['run_id']}" if process["run_id"] is not None else (process["user"] or "unknown user")
+            used = "?" if process["used_mem"] is None else format_size(process["used_mem"])
+            print(f"      pid {process['pid']}: {used} ({owner})")
+    for resource in status.get("resources", []):
+        print(f"{resource['name']:<8} {resource['held']} of {resource['capacity']} held")
     counts = ", ".join(f"{count} {state}" for state, count in status["counts"].items() if count)
     print(f"runs     {counts or 'none'}")
     return 0
@@ -416,6 +470,7 @@ COMMANDS = {
     "cancel": cmd_run_action,
     "hold": cmd_run_action,
     "release": cmd_run_action,
+    "priority": cmd_priority,
     "drain": cmd_drain,
     "undrain": cmd_drain,
     "status": cmd_status,

@@ -3,6 +3,8 @@ on a real daemon (default envelope, counted resources, headroom, excluded GPUs).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import poll_until
@@ -118,3 +120,14 @@ def test_bad_config_stops_the_daemon_and_the_offline_submit_with_one_line(yard):
     assert len(daemon.stderr.strip().splitlines()) == 1
     offline = yard.cli("submit", "--", "true", check=False)
     assert offline.returncode == 2 and "defaults.mem" in offline.stderr
+
+
+def test_the_readme_config_example_loads(tmp_path) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
+    path = tmp_path / "config.toml"
+    path.write_text(example)
+    config = load_config(path)
+    assert config.resources == (("nfs_io", 4),) and config.exclude_gpus == (3,)

@@ -3,6 +3,7 @@ box), simulated GPUs, and the split of usage between runyard runs and everyone e
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -502,3 +503,24 @@ def test_run_process_trees_keeps_orphans_of_the_session(spawned_tree) -> None:
 def test_run_process_trees_of_nothing() -> None:
     assert run_process_trees({}) == {}
     assert run_rss_bytes({}) == {}
+
+
+def test_run_process_trees_keeps_orphans_of_the_process_group() -> None:
+    """As the shim starts a command: leader of its own process group, not of a session."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", SPAWNER], stdout=subprocess.PIPE, text=True, process_group=0
+    )
+    try:
+        child_pid = int(parent.stdout.readline())
+        assert os.getsid(parent.pid) != parent.pid  # the session match cannot be what finds it
+        poll_until(lambda: child_pid in run_process_trees({1: parent.pid})[1], message="the child to appear")
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=DEADLINE_S)
+        poll_until(lambda: psutil.Process(child_pid).ppid() != parent.pid, message="the child to be re-parented")
+        assert run_process_trees({1: parent.pid}) == {1: {child_pid}}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            parent.wait(timeout=DEADLINE_S)
+        parent.stdout.close()

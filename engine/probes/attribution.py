@@ -21,12 +21,12 @@ from engine.probes.host import HostSample
 def run_process_trees(root_pids: Mapping[int, int]) -> dict[int, set[int]]:
     """The live processes of each run.
 
-    A run's processes are its root and all its descendants, plus, when the root leads a
-    session (the engine starts runs with ``start_new_session``), every process still in
-    that session. The session catches workers orphaned when their parent exits: they are
-    re-parented away from the tree but keep holding memory and GPUs. Linux does not
-    reuse a pid while it names a live session, so the session match cannot pick up
-    strangers.
+    A run's processes are its root and all its descendants, plus every process still in
+    the session or the process group the root leads (the shim starts each command as
+    the leader of its own process group). These catch workers orphaned when their
+    parent exits: they are re-parented away from the tree but keep holding memory and
+    GPUs. Linux does not reuse a pid while it names a live session or process group,
+    so these matches cannot pick up strangers.
 
     Args:
         root_pids: ``run_id -> pid`` of each running run's top process. The caller must
@@ -42,6 +42,7 @@ def run_process_trees(root_pids: Mapping[int, int]) -> dict[int, set[int]]:
     # children() walk (itself a full scan) per run.
     children: dict[int, list[int]] = defaultdict(list)
     sessions: dict[int, list[int]] = defaultdict(list)
+    groups: dict[int, list[int]] = defaultdict(list)
     alive: set[int] = set()
     for proc in psutil.process_iter(["ppid"]):
         pid = proc.pid
@@ -52,9 +53,12 @@ def run_process_trees(root_pids: Mapping[int, int]) -> dict[int, set[int]]:
         sid = _session_of(pid)
         if sid is not None:
             sessions[sid].append(pid)
+        pgid = _group_of(pid)
+        if pgid is not None and pgid != sid:
+            groups[pgid].append(pid)
     trees: dict[int, set[int]] = {}
     for run_id, root in root_pids.items():
-        seeds = ([root] if root in alive else []) + sessions.get(root, [])
+        seeds = ([root] if root in alive else []) + sessions.get(root, []) + groups.get(root, [])
         trees[run_id] = _descendants(seeds, children)
     return trees
 
@@ -127,6 +131,13 @@ def _session_of(pid: int) -> int | None:
         return None
     try:
         return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
     except OSError:
         return None
 

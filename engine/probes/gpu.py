@@ -37,6 +37,9 @@ class GpuProcess:
     these do not match the container's pids, and every process looks foreign."""
     used_mem: int | None
     """Bytes; ``None`` when the driver cannot tell (e.g. Windows WDDM, some vGPU setups)."""
+    user: str | None = None
+    """Who runs it, when the probe knows without asking the OS (simulated cards);
+    otherwise looked up by pid when shown."""
 
 
 @dataclass(frozen=True)

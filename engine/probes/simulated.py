@@ -8,7 +8,7 @@ it while the daemon runs::
 
 Keys are GPU indices. Per GPU: ``mem_used`` (a size such as ``"20G"``, or bytes),
 ``procs`` (foreign compute processes; default 1 when ``mem_used`` is set, else 0),
-``util`` (percent), ``lost`` (the card fell off the bus) and ``reason`` (text shown when
+``util`` (percent), ``user`` (who runs the foreign processes; default ``other``), ``lost`` (the card fell off the bus) and ``reason`` (text shown when
 lost). Write the file atomically (write a temporary file, then rename it): a half-written
 file is ignored and the previous reading is kept.
 
@@ -84,6 +84,7 @@ class _Foreign:
     util_percent: float | None = None
     lost: bool = False
     reason: str | None = None
+    user: str = "other"
 
 
 class SimulatedGpuProbe:
@@ -143,7 +144,7 @@ class SimulatedGpuProbe:
             util_percent=foreign.util_percent if foreign.util_percent is not None else 0.0,
             temperature_c=None,
             power_w=None,
-            processes=_foreign_processes(index, mem_used, foreign.procs),
+            processes=_foreign_processes(index, mem_used, foreign.procs, foreign.user),
         )
 
     def _read_foreign(self) -> dict[int, _Foreign]:
@@ -177,21 +178,24 @@ def _parse_foreign_entry(key: object, entry: object) -> tuple[int, _Foreign] | N
         procs = int(entry.get("procs", 1 if mem_used > 0 else 0))
         util = entry.get("util")
         reason = entry.get("reason")
+        user = entry.get("user")
         return int(str(key).strip()), _Foreign(
             mem_used=max(0, mem_used),
             procs=max(0, procs),
             util_percent=None if util is None else float(util),
             lost=bool(entry.get("lost", False)),
             reason=None if reason is None else str(reason),
+            user="other" if user is None else str(user),
         )
     except (TypeError, ValueError):
         return None
 
 
-def _foreign_processes(index: int, mem_used: int, count: int) -> tuple[GpuProcess, ...]:
+def _foreign_processes(index: int, mem_used: int, count: int, user: str) -> tuple[GpuProcess, ...]:
     if count <= 0:
         return ()
     share, remainder = divmod(mem_used, count)
     return tuple(
-        GpuProcess(pid=-(index * 1000 + n + 1), used_mem=share + (remainder if n == 0 else 0)) for n in range(count)
+        GpuProcess(pid=-(index * 1000 + n + 1), used_mem=share + (remainder if n == 0 else 0), user=user)
+        for n in range(count)
     )
