@@ -441,6 +441,12 @@ class EmbeddedEngine:
             self._error = error
             self._ready.set()
 
+    @property
+    def server(self) -> Server | None:
+        """The running server (``None`` before :meth:`start` returns); its loop is the only
+        thread that may touch the engine."""
+        return self._server
+
     def stop(self, timeout_s: float = 10.0) -> None:
         server = self._server
         if server is not None:
