@@ -290,13 +290,18 @@ class Server:
             run = engine.submit(args, uid=uid, user=_user_name(uid))
             self.wake()
             return run.to_json()
+        if op == "submit_many":
+            runs = engine.submit_many(args.get("runs"), uid=uid, user=_user_name(uid))
+            self.wake()
+            return [run.to_json() for run in runs]
         if op == "ls":
             return [run.to_json() for run in engine.list_runs(include_finished=bool(args.get("all")))]
         if op == "show":
-            run = engine.get(args.get("id"))
-            data = run.to_json(with_env=True)
-            data["transitions"] = engine.store.transitions(run.id)
-            return data
+            return engine.describe(args.get("id"))
+        if op == "retry":
+            run = engine.retry(args.get("id"))
+            self.wake()
+            return run.to_json()
         if op == "cancel":
             run = engine.cancel(args.get("id"))
             self.wake()

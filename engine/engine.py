@@ -11,8 +11,10 @@ so runs queued by an offline ``runyard submit`` are picked up like any other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import enforce, policy
+from engine import breaker, checkpoints, enforce, policy, retry
 from engine.config import Config
 from engine.launcher import LaunchError, Launcher, Observation
 from engine.model import Run, RunState
@@ -75,6 +77,8 @@ class Engine:
         sample_ttl_s: float = 1.0,
         config: Config | None = None,
         history: History | None = None,
+        rng: random.Random | None = None,
+        boot_time: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.launcher = launcher
@@ -89,6 +93,9 @@ class Engine:
         self.started_at = clock()
         self._sample: Sample | None = None
         self.history = history
+        self.rng = rng or random.Random()
+        self.breaker = breaker.Breaker()
+        self.boot_time = boot_time or _boot_time
         self.usage_sampler = UsageSampler()
         self.last_usage: dict[int, RunUsage] = {}
         self._peaks: dict[int, tuple[int, int]] = {}
@@ -237,10 +244,11 @@ class Engine:
             return
         if observation.state == "lost":
             self._term_delivered.discard(run.id)
-            self.store.transition(
-                run.id, RunState.RUNNING, RunState.FAILED, f"lost: {observation.detail}",
-                now=now, ended_at=now,
-            )
+            if run.started_at is not None and self.boot_time() > run.started_at:
+                why = "lost: machine restarted"
+            else:
+                why = f"lost: {observation.detail}"
+            self._end_attempt(run, RunState.FAILED, why, retry.LOST, now, ended_at=now, exit_code=None, signal=None)
             return
         learned: dict[str, object] = {}
         if run.pid is None and observation.child_pid:
@@ -254,6 +262,15 @@ class Engine:
         if learned:
             self.store.update(run.id, RunState.RUNNING, **learned)
             run = self.store.get(run.id) or run
+        warn_at = _warn_at(run)
+        if warn_at is not None and run.stop_request is None and run.warn_sent_at is None and now >= warn_at:
+            # Sent once: a run that ignores it meets its limit as any other run would.
+            sig = signal.Signals[run.retry.warn_signal]
+            if self.launcher.signal(run, sig):
+                log.info("run %s: sent %s, %s before its time limit", run.id, sig.name,
+                         format_duration(run.retry.warn_before_s))
+                self.store.update(run.id, RunState.RUNNING, warn_sent_at=now)
+                run = self.store.get(run.id) or run
         if run.stop_request is None and run.deadline is not None and now >= run.deadline:
             limit = format_duration(run.envelope.time_limit_s)
             self._request_stop(run, "timeout", f"time limit {limit} reached", now)
@@ -276,11 +293,77 @@ class Engine:
 
     def _finish(self, run: Run, observation: Observation, now: float) -> None:
         self._term_delivered.discard(run.id)
-        state, reason = _outcome(run, observation)
-        self.store.transition(
-            run.id, RunState.RUNNING, state, reason, now=now,
+        state, reason, failure_class = _outcome(run, observation)
+        if failure_class == retry.EXIT and _log_shows_cuda_oom(run):
+            failure_class = retry.CUDA_OOM
+            reason = f"{reason}: CUDA out of memory (from the log)"
+        self._end_attempt(
+            run, state, reason, failure_class, now,
             ended_at=observation.ended_at or now, exit_code=observation.exit_code, signal=observation.signal,
             pid=run.pid or observation.child_pid,
+        )
+
+    def _end_attempt(
+        self, run: Run, state: RunState, reason: str, failure_class: str | None, now: float, **fields: Any
+    ) -> None:
+        """Record how the attempt ended; requeue the run if its retry policy says so."""
+        record = {
+            "ended_at": fields.get("ended_at"), "state": state.value, "reason": reason,
+            "exit_code": fields.get("exit_code"), "signal": fields.get("signal"), "failure_class": failure_class,
+        }
+        again = None
+        if state is not RunState.SUCCEEDED and failure_class is not None:
+            again = self._retry_decision(run, failure_class, fields.get("exit_code"), reason)
+        self._feed_breaker(run, state, failure_class, reason, now)
+        if again is None:
+            self.store.end_attempt(run, state, reason, now=now, record=record, failure_class=failure_class, **fields)
+            return
+        until = now + again.delay_s
+        next_attempt = run.attempt + 1
+        until_text = time.strftime("%H:%M:%S", time.localtime(until))
+        log.info("run %s: attempt %s ended (%s); requeued for attempt %s", run.id, run.attempt, reason, next_attempt)
+        self.store.end_attempt(
+            run, RunState.QUEUED, retry.requeue_reason(again, next_attempt, run.retry, until_text),
+            now=now, record=record, failure_class=failure_class,
+            **_fresh_attempt_fields(run, next_attempt),
+            retries_used=run.retries_used + (1 if again.counts_as_retry else 0),
+            not_before=until if again.delay_s > 0 else None, envelope=again.envelope,
+        )
+
+    def _feed_breaker(self, run: Run, state: RunState, failure_class: str | None, reason: str, now: float) -> None:
+        key = breaker.key_of(run.group, run.user, run.uid)
+        if state is RunState.SUCCEEDED:
+            self.breaker.succeeded(key)
+            return
+        if failure_class in (None, retry.CANCELLED):
+            return
+        line = breaker.last_meaningful_line(_log_tail(run)) if failure_class == retry.EXIT else None
+        detail = f"{reason}: {line}" if line else reason
+        pause = self.breaker.failed(
+            key, at=now, failure_class=failure_class, duration_s=now - (run.started_at or now), detail=detail
+        )
+        if pause is not None:
+            log.warning("%s: %s", pause.key, pause.reason)
+            self.store.pause(pause.key, pause.reason, now)
+            self.emit({"kind": "paused", "run_id": run.id, "at": now, "reason": pause.reason, "key": pause.key})
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Hand an event that is not a state change (a pause, a health change) to the
+        store's listeners, where alerts are attached."""
+        for listener in self.store.listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed")
+
+    def _retry_decision(self, run: Run, failure_class: str, exit_code: int | None, reason: str) -> retry.Retry | None:
+        box = self.sample().box
+        cards = [gpu.mem_total for gpu in box.gpus if gpu.available]
+        return retry.decide(
+            policy=run.retry, failure_class=failure_class, exit_code=exit_code, retries_used=run.retries_used,
+            has_checkpoint=checkpoints.latest_path(run.checkpoint_dir) is not None, envelope=run.envelope,
+            mem_limit_bytes=box.mem_total, gpu_mem_limit_bytes=min(cards) if cards else None,
+            why=reason, rng=self.rng,
         )
 
     def _next_deadline(self) -> float | None:
@@ -292,8 +375,15 @@ class Engine:
                 times.append(self.clock() + STOP_RETRY_S)
             if run.stop_request is None and run.deadline is not None:
                 times.append(run.deadline)
+            warn_at = _warn_at(run)
+            if warn_at is not None and run.stop_request is None and run.warn_sent_at is None:
+                times.append(warn_at)
             elif run.stop_request is not None and run.kill_sent_at is None:
                 times.append((run.stop_requested_at or 0) + run.grace_s)
+        times.extend(
+            run.not_before for run in self.store.in_state(RunState.QUEUED)
+            if run.not_before is not None and run.not_before > self.clock()
+        )
         return min(times) if times else None
 
     # --------------------------------------------------------------- admission
@@ -304,9 +394,15 @@ class Engine:
             return
         running = self.store.in_state(RunState.RUNNING)
         box = self.sample().box
+        # A run in its retry backoff (or scheduled with --at) waits like a held one; its
+        # reason, which says until when, was written when it was queued and is left alone.
+        backing_off = {run.id for run in queued if run.not_before is not None and run.not_before > now}
+        own_reasons, cancelled = self._gate(queued, now)
+        queued = [run for run in queued if run.id not in cancelled]
+        backing_off |= set(own_reasons)
         decision = policy.decide(
             [
-                policy.QueuedRun(run.id, run.envelope, run.priority, run.submitted_at, run.held)
+                policy.QueuedRun(run.id, run.envelope, run.priority, run.submitted_at, run.held or run.id in backing_off)
                 for run in queued
             ],
             [policy.Holding(run.id, run.envelope, run.gpus, run.deadline) for run in running],
@@ -321,9 +417,43 @@ class Engine:
             )
         for start in decision.starts:
             self._launch(by_id[start.run_id], start.gpus, now)
-        self.store.set_reasons(decision.waiting)
+        self.store.set_reasons(
+            {run_id: reason for run_id, reason in decision.waiting.items() if run_id not in backing_off}
+            | own_reasons
+        )
         if decision.starts:
             self._sample = None  # what the new runs hold must show in the next sample
+
+    def _gate(self, queued: list[Run], now: float) -> tuple[dict[int, str], set[int]]:
+        """Queued runs kept back by something other than resources: a dependency not yet
+        met, or a breaker pause of their group or user. Runs whose ``ok`` dependency ended
+        badly are cancelled here.
+
+        Returns:
+            ``run_id -> reason`` of the runs kept waiting, and the ids of those cancelled.
+        """
+        waiting: dict[int, str] = {}
+        cancelled: set[int] = set()
+        pauses = self.store.pauses()
+        for run in queued:
+            for dep_id, kind in run.depends_on:
+                dep = self.store.get(dep_id)
+                if dep is not None and not dep.state.terminal:
+                    waiting[run.id] = f"waiting: after run {dep_id} ({dep.state.value})"
+                    break
+                if dep is None or (kind == "ok" and dep.state is not RunState.SUCCEEDED):
+                    why = "does not exist" if dep is None else f"{dep.state.value} ({dep.reason})"
+                    if self.store.transition(
+                        run.id, RunState.QUEUED, RunState.CANCELLED, f"dependency run {dep_id} {why}; not started",
+                        now=now, ended_at=now,
+                    ):
+                        cancelled.add(run.id)
+                    break
+            else:
+                key = breaker.key_of(run.group, run.user, run.uid)
+                if key in pauses:
+                    waiting[run.id] = f"{pauses[key]}; `runyard release {run.id}` resumes"
+        return waiting, cancelled
 
     def _launch(self, run: Run, gpus: tuple[int, ...], now: float) -> None:
         # Mark it running *before* the process exists: a crash in between leaves a
@@ -337,6 +467,13 @@ class Engine:
         assert run is not None
         taken = {core for other in self.store.in_state(RunState.RUNNING) if other.id != run.id for core in other.cores}
         cores = enforce.assign_cores(run.envelope.cpus, sorted(os.sched_getaffinity(0)), taken)
+        resume_from = checkpoints.latest_path(run.checkpoint_dir)
+        if resume_from != run.resume_from:
+            self.store.update(run.id, RunState.RUNNING, resume_from=resume_from)
+            run = self.store.get(run.id) or run
+        if run.checkpoint_dir:
+            with contextlib.suppress(OSError):  # a bad folder is the run's to report, in its log
+                Path(run.checkpoint_dir).mkdir(parents=True, exist_ok=True)
         try:
             launched = self.launcher.launch(run, run_environment(run), cores=cores)
         except LaunchError as error:
@@ -356,11 +493,32 @@ class Engine:
         return self.store.get_meta(DRAINING_KEY) == "1"
 
     def submit(self, args: dict[str, Any], *, uid: int | None, user: str | None) -> Run:
+        spec = self._checked_spec(args)
+        return self.store.submit(spec, now=self.clock(), uid=uid, user=user)
+
+    def submit_many(self, requests: Any, *, uid: int | None, user: str | None) -> list[Run]:
+        """Queue a batch (a sweep) in one transaction; one bad request queues none of them."""
+        if not isinstance(requests, list) or not requests:
+            raise RequestError("runs must be a non-empty list of submit requests", EXIT_BAD_INPUT)
+        specs = []
+        for index, args in enumerate(requests):
+            if not isinstance(args, dict):
+                raise RequestError(f"run {index + 1} of the batch is not an object; nothing was queued", EXIT_BAD_INPUT)
+            try:
+                specs.append(self._checked_spec(args))
+            except RequestError as error:
+                raise RequestError(f"run {index + 1} of the batch: {error}", error.code) from None
+        return self.store.submit_many(specs, now=self.clock(), uid=uid, user=user)
+
+    def _checked_spec(self, args: dict[str, Any]):
         spec = spec_from_request(args, self.config.default_envelope)
         problem = policy.never_fits(spec.envelope, self.sample().box)
         if problem:
             raise RequestError(f"{problem}; nothing was queued", EXIT_BAD_INPUT)
-        return self.store.submit(spec, now=self.clock(), uid=uid, user=user)
+        for dep_id, _ in spec.depends_on:
+            if self.store.get(dep_id) is None:
+                raise RequestError(f"--after {dep_id}: no such run; nothing was queued", EXIT_NO_SUCH_RUN)
+        return spec
 
     def get(self, run_id: Any) -> Run:
         try:
@@ -394,10 +552,38 @@ class Engine:
             raise RequestError(
                 f"run {run.id} is {run.state.value}; only queued runs can be held or released", EXIT_ERROR
             )
+        if not held and self.store.unpause(breaker.key_of(run.group, run.user, run.uid)):
+            log.info("run %s released: its group or user is admitted again", run.id)
         reason = f"held: release it with `runyard release {run.id}`" if held else "waiting: released"
         if not self.store.update(run.id, RunState.QUEUED, held=held, reason=reason):
             return self.set_held(run_id, held)
         return self.get(run.id)
+
+    def retry(self, run_id: Any) -> Run:
+        """Requeue a run that ended, by hand, as a new attempt (its automatic retries are
+        not used up by it)."""
+        run = self.get(run_id)
+        if not run.state.terminal:
+            raise RequestError(
+                f"run {run.id} is {run.state.value}; only a run that ended can be retried", EXIT_ERROR
+            )
+        next_attempt = run.attempt + 1
+        moved = self.store.transition(
+            run.id, run.state, RunState.QUEUED, f"waiting: attempt {next_attempt}, retried by hand",
+            now=self.clock(), **_fresh_attempt_fields(run, next_attempt), not_before=None,
+        )
+        if not moved:
+            raise RequestError(f"run {run.id} changed meanwhile; look again with `runyard show {run.id}`", EXIT_ERROR)
+        return self.get(run.id)
+
+    def describe(self, run_id: Any) -> dict[str, Any]:
+        """``show``: the run with its environment, history, attempts and checkpoints."""
+        run = self.get(run_id)
+        data = run.to_json(with_env=True)
+        data["transitions"] = self.store.transitions(run.id)
+        data["attempt_history"] = self.store.attempts(run.id)
+        data["checkpoints"] = checkpoints.discover(run.checkpoint_dir)
+        return data
 
     def set_priority(self, run_id: Any, priority: Any) -> Run:
         run = self.get(run_id)
@@ -541,28 +727,82 @@ def with_headroom(box: policy.BoxView, config: Config) -> policy.BoxView:
     )
 
 
-def _outcome(run: Run, observation: Observation) -> tuple[RunState, str]:
+def _outcome(run: Run, observation: Observation) -> tuple[RunState, str, str | None]:
+    """The final state, the reason and the failure class (``engine.retry``) of an attempt."""
     how = f"killed by {observation.signal}" if observation.signal else f"exit code {observation.exit_code}"
     if run.stop_request == "cancel":
-        return RunState.CANCELLED, f"cancelled by user; {how}"
+        return RunState.CANCELLED, f"cancelled by user; {how}", retry.CANCELLED
     if run.stop_request == "timeout":
-        return RunState.TIMED_OUT, f"time limit {format_duration(run.envelope.time_limit_s)} reached; {how}"
+        limit = format_duration(run.envelope.time_limit_s)
+        return RunState.TIMED_OUT, f"time limit {limit} reached; {how}", retry.TIMEOUT
     if run.stop_request == "overrun":
-        return RunState.FAILED, f"{run.stop_detail}; {how}"
+        detail = run.stop_detail or "exceeded its envelope"
+        failure = retry.GPU_MEMORY_OVERRUN if detail.startswith("exceeded GPU memory") else retry.MEMORY_OVERRUN
+        return RunState.FAILED, f"{detail}; {how}", failure
     oom = enforce.exit_reason(
         exit_code=observation.exit_code, signal=observation.signal, envelope=run.envelope,
         oom_killed=observation.oom_killed, box_oom_kill_rose=observation.box_oom_kill_rose,
         runyard_sent_kill=run.kill_sent_at is not None,
     )
     if oom:
-        return RunState.FAILED, oom
+        return RunState.FAILED, oom, retry.OOM_KILLED
     if observation.exit_code == 0:
-        return RunState.SUCCEEDED, "exit code 0"
+        return RunState.SUCCEEDED, "exit code 0", None
+    if run.warn_sent_at is not None:
+        # It was warned of its time limit and stopped short of success: it checkpointed and
+        # left, as the warning asked. That is the time limit's doing, and may be requeued.
+        limit = format_duration(run.envelope.time_limit_s)
+        return (
+            RunState.TIMED_OUT,
+            f"stopped after {run.retry.warn_signal}, ahead of its time limit {limit}; {how}",
+            retry.TIMEOUT,
+        )
     if observation.exit_code == 127:
-        return RunState.FAILED, "exit code 127: command not found"
+        return RunState.FAILED, "exit code 127: command not found", retry.EXIT
     if observation.exit_code == 126:
-        return RunState.FAILED, "exit code 126: command not executable"
-    return RunState.FAILED, how
+        return RunState.FAILED, "exit code 126: command not executable", retry.EXIT
+    return RunState.FAILED, how, retry.EXIT
+
+
+def _warn_at(run: Run) -> float | None:
+    if run.deadline is None or run.retry.warn_signal is None or run.retry.warn_before_s is None:
+        return None
+    return run.deadline - run.retry.warn_before_s
+
+
+def _fresh_attempt_fields(run: Run, attempt: int) -> dict[str, Any]:
+    """A queued run's fields for its next attempt: nothing left of the last one's process,
+    and a folder of its own, so each attempt keeps its log."""
+    root = Path(run.run_dir or "").parent if run.attempt > 1 else Path(run.run_dir or "")
+    run_dir = root / f"attempt-{attempt}"
+    return dict(
+        attempt=attempt, run_dir=str(run_dir), log_path=str(run_dir / "output.log"),
+        started_at=None, ended_at=None, gpus=(), cores=(), pid=None, pid_started_at=None, shim_pid=None,
+        shim_started_at=None, exit_code=None, signal=None, stop_request=None, stop_requested_at=None,
+        stop_detail=None, kill_sent_at=None, warn_sent_at=None, warning=None, resume_from=None,
+    )
+
+
+def _log_tail(run: Run, tail_bytes: int = 64 << 10) -> bytes:
+    if not run.log_path:
+        return b""
+    try:
+        with open(run.log_path, "rb") as log_file:
+            log_file.seek(0, os.SEEK_END)
+            log_file.seek(max(0, log_file.tell() - tail_bytes))
+            return log_file.read()
+    except OSError:
+        return b""
+
+
+def _log_shows_cuda_oom(run: Run) -> bool:
+    return retry.log_shows_cuda_oom(_log_tail(run))
+
+
+def _boot_time() -> float:
+    import psutil
+
+    return psutil.boot_time()
 
 
 def _gpu_process_json(process: Any, owner_of: dict[int, int]) -> dict[str, Any]:
@@ -616,4 +856,12 @@ def run_environment(run: Run) -> dict[str, str]:
         env["RUNYARD_DEADLINE"] = f"{run.deadline:.0f}"
     else:
         env.pop("RUNYARD_DEADLINE", None)
+    env["RUNYARD_ATTEMPT"] = str(run.attempt)
+    if run.checkpoint_dir:
+        env["RUNYARD_CHECKPOINT_DIR"] = run.checkpoint_dir
+    # Only the engine may say what to resume from: a value inherited from the submitter's
+    # shell would point at some other run's checkpoint.
+    env.pop("RUNYARD_RESUME_FROM", None)
+    if run.resume_from:
+        env["RUNYARD_RESUME_FROM"] = run.resume_from
     return env

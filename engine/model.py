@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any
 
 from engine.envelope import DEFAULT_GRACE_S, Envelope
+from engine.retry import RetryPolicy
 
 
 class RunState(str, Enum):
@@ -42,6 +43,22 @@ class RunSpec:
     on_overrun: str = "default"
     """What to do when the run uses more than its envelope: ``default`` (memory: stop;
     GPU memory: warn), ``warn`` (never stop) or ``kill`` (stop on either)."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    checkpoint_dir: str | None = None
+    """Where the run keeps checkpoints; default: ``checkpoints`` in its run folder."""
+    depends_on: tuple[tuple[int, str], ...] = ()
+    """``(run id, "ok" | "any")``: start only after these ended (successfully, for ``ok``)."""
+    start_at: float | None = None
+    """``--at``: not before this Unix time."""
+    group: str | None = None
+    health: dict[str, Any] | None = None
+    """``engine.health.HealthPolicy.to_dict()``, when any check was asked for."""
+    schedule_id: int | None = None
+    seed: int | None = None
+    params: dict[str, str] | None = None
+    """A sweep run's parameter values."""
+    provenance: dict[str, Any] | None = None
+    """``engine.provenance.capture()``; written once with the run, never changed."""
 
 
 ON_OVERRUN_CHOICES = ("default", "warn", "kill")
@@ -83,6 +100,30 @@ class Run:
     stop_detail: str | None = None
     cores: tuple[int, ...] = ()
     warning: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    attempt: int = 1
+    retries_used: int = 0
+    not_before: float | None = None
+    """While queued in a retry backoff: not admitted before this Unix time."""
+    failure_class: str | None = None
+    """How the last attempt ended (``engine.retry``'s classes); ``None`` if it succeeded."""
+    checkpoint_dir: str | None = None
+    warn_sent_at: float | None = None
+    resume_from: str | None = None
+    """The checkpoint the current attempt was started from."""
+    depends_on: tuple[tuple[int, str], ...] = ()
+    group: str | None = None
+    health: str | None = None
+    """``starting``, ``healthy``, ``unhealthy`` or ``stalled``; ``None`` when nothing checks it."""
+    health_detail: str | None = None
+    health_policy: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+    """The last heartbeat: step, total, metrics, at; and the ETA the engine derived."""
+    schedule_id: int | None = None
+    seed: int | None = None
+    params: dict[str, str] | None = None
+    metrics: dict[str, Any] | None = None
+    """Final metrics the run reported (``runyard.report``)."""
 
     @property
     def deadline(self) -> float | None:
@@ -126,6 +167,25 @@ class Run:
             stop_detail=row.get("stop_detail"),
             cores=tuple(json.loads(row["cores"])) if row.get("cores") else (),
             warning=row.get("warning"),
+            retry=RetryPolicy.from_dict(json.loads(row["retry_policy"]) if row.get("retry_policy") else None),
+            attempt=row.get("attempt") or 1,
+            retries_used=row.get("retries_used") or 0,
+            not_before=row.get("not_before"),
+            failure_class=row.get("failure_class"),
+            checkpoint_dir=row.get("checkpoint_dir"),
+            warn_sent_at=row.get("warn_sent_at"),
+            resume_from=row.get("resume_from"),
+            depends_on=tuple((int(dep[0]), str(dep[1])) for dep in json.loads(row["depends_on"]))
+            if row.get("depends_on") else (),
+            group=row.get("run_group"),
+            health=row.get("health"),
+            health_detail=row.get("health_detail"),
+            health_policy=json.loads(row["health_policy"]) if row.get("health_policy") else None,
+            progress=json.loads(row["progress"]) if row.get("progress") else None,
+            schedule_id=row.get("schedule_id"),
+            seed=row.get("seed"),
+            params=json.loads(row["params"]) if row.get("params") else None,
+            metrics=json.loads(row["metrics"]) if row.get("metrics") else None,
         )
 
     def to_json(self, *, with_env: bool = False) -> dict[str, Any]:
@@ -155,6 +215,25 @@ class Run:
             "on_overrun": self.on_overrun,
             "cores": list(self.cores),
             "warning": self.warning,
+            "attempt": self.attempt,
+            "attempts": self.attempt,
+            "retries": self.retry.retries,
+            "retries_used": self.retries_used,
+            "retry_policy": self.retry.to_dict(),
+            "not_before": self.not_before,
+            "failure_class": self.failure_class,
+            "checkpoint_dir": self.checkpoint_dir,
+            "resume_from": self.resume_from,
+            "depends_on": [list(dep) for dep in self.depends_on],
+            "group": self.group,
+            "health": self.health,
+            "health_detail": self.health_detail,
+            "progress": self.progress,
+            "eta": (self.progress or {}).get("eta"),
+            "metrics": self.metrics or (self.progress or {}).get("metrics"),
+            "schedule_id": self.schedule_id,
+            "seed": self.seed,
+            "params": self.params,
         }
         if with_env:
             data["env"] = dict(self.env)

@@ -12,6 +12,7 @@ from typing import Any
 from engine.envelope import Envelope, EnvelopeError
 from engine.model import ON_OVERRUN_CHOICES, RunSpec
 from engine.protocol import RequestError
+from engine.retry import RetryPolicy, RetryPolicyError
 
 
 def spec_from_request(args: dict[str, Any], default_envelope: dict[str, Any] | None = None) -> RunSpec:
@@ -56,10 +57,65 @@ def spec_from_request(args: dict[str, Any], default_envelope: dict[str, Any] | N
     on_overrun = args.get("on_overrun") or "default"
     if on_overrun not in ON_OVERRUN_CHOICES:
         raise RequestError(f"--on-overrun must be one of {', '.join(ON_OVERRUN_CHOICES)}, got {on_overrun!r}")
+    try:
+        retry = RetryPolicy.from_dict(args.get("retry"))
+    except (RetryPolicyError, TypeError, ValueError) as error:
+        raise RequestError(f"retry: {error}") from None
+    if retry.warn_before_s is not None and envelope.time_limit_s is None:
+        raise RequestError("--signal SIG@TIME warns before the time limit: give --time too")
+    checkpoint_dir = args.get("checkpoint_dir")
+    if checkpoint_dir is not None and (not isinstance(checkpoint_dir, str) or not os.path.isabs(checkpoint_dir)):
+        raise RequestError("checkpoint_dir must be an absolute path")
     return RunSpec(
         argv=tuple(argv), cwd=cwd, env=env, name=name or None, priority=priority,
         envelope=envelope, grace_s=grace_s, held=bool(args.get("held", False)), on_overrun=on_overrun,
+        retry=retry, checkpoint_dir=checkpoint_dir, depends_on=_dependencies(args.get("after")),
+        start_at=_start_at(args.get("at")), group=_text_or_none(args.get("group"), "group"),
+        health=_health(args.get("health")),
     )
+
+
+def _dependencies(value: Any) -> tuple[tuple[int, str], ...]:
+    if not value:
+        return ()
+    if not isinstance(value, list):
+        raise RequestError("after must be a list of [run id, 'ok' | 'any']")
+    deps = []
+    for item in value:
+        if (
+            not isinstance(item, list) or len(item) != 2 or isinstance(item[0], bool)
+            or not isinstance(item[0], int) or item[1] not in ("ok", "any")
+        ):
+            raise RequestError(f"--after {item!r}: write ID, ID:ok or ID:any")
+        deps.append((item[0], item[1]))
+    return tuple(deps)
+
+
+def _start_at(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError("at must be a Unix time")
+    return float(value)
+
+
+def _text_or_none(value: Any, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{what} must be text")
+    return value
+
+
+def _health(value: Any) -> dict[str, Any] | None:
+    if not value:
+        return None
+    from engine.health import HealthPolicy, HealthPolicyError
+
+    try:
+        return HealthPolicy.from_dict(value).to_dict()
+    except (HealthPolicyError, TypeError, ValueError) as error:
+        raise RequestError(f"health: {error}") from None
 
 
 def resolve_program(program: str, cwd: str, path: str | None) -> str | None:

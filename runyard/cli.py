@@ -23,6 +23,9 @@ from engine.client import Client, ClientError, DaemonUnavailable
 from engine.envelope import DEFAULT_GRACE_S, Envelope, EnvelopeError
 from engine.paths import Home
 from engine.protocol import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_NO_SUCH_RUN, RequestError
+from engine.retry import (
+    DEFAULT_BACKOFF, RetryPolicy, RetryPolicyError, parse_backoff, parse_codes, parse_warn_signal,
+)
 from engine.units import UnitError, format_duration, parse_duration
 
 NO_ENGINE_HINT = "start one with `runyard --daemon` (headless) or `runyard` (the TUI)"
@@ -76,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--on-overrun", dest="on_overrun", choices=("default", "warn", "kill"), default="default",
                         help="past the envelope: default stops on memory and warns on GPU memory; "
                              "warn never stops; kill stops on either")
+    retries = submit.add_argument_group("retries, checkpoints and time limits")
+    retries.add_argument("--retries", type=int, default=0, metavar="N",
+                         help="retry up to N times after a failure, an OOM kill or a lost run (default 0)")
+    retries.add_argument("--backoff", metavar="MIN..MAX", help="wait between retries, exponential with jitter (default 10s..10m)")
+    retries.add_argument("--retry-on", action="append", metavar="CODES", help="retry only these exit codes, e.g. 1,137")
+    retries.add_argument("--no-retry-on", action="append", metavar="CODES", help="never retry these exit codes, e.g. 2")
+    retries.add_argument("--grow-on-oom", type=float, metavar="FACTOR",
+                         help="after an out-of-memory end, retry with the memory (or GPU memory) envelope times FACTOR")
+    retries.add_argument("--checkpoint-dir", metavar="DIR",
+                         help="where the run keeps checkpoints (RUNYARD_CHECKPOINT_DIR; default: in its run folder)")
+    retries.add_argument("--signal", dest="warn_signal", metavar="SIG@TIME",
+                         help="send SIG that long before the time limit, e.g. USR1@5m, so the run can checkpoint")
+    retries.add_argument("--requeue", action="store_true",
+                         help="at the time limit, requeue a run that has a checkpoint instead of ending it")
+    order = submit.add_argument_group("order and schedule")
+    order.add_argument("--after", action="append", metavar="ID[:ok|:any]",
+                       help="start after run ID succeeded (:ok, the default) or ended at all (:any); repeatable")
+    order.add_argument("--group", help="put the run in a group (a sweep); the circuit breaker counts per group")
     submit.add_argument("--json", action="store_true", help="print the run as JSON")
     submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
@@ -102,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     priority.add_argument("id")
     priority.add_argument("priority", type=int)
     priority.add_argument("--json", action="store_true")
+    retry_cmd = commands.add_parser("retry", help="requeue a run that ended, as a new attempt")
+    retry_cmd.add_argument("id")
+    retry_cmd.add_argument("--json", action="store_true")
     commands.add_parser("drain", help="admit nothing new; running runs go on")
     commands.add_parser("undrain", help="admit runs again")
     status = commands.add_parser("status", help="the engine and the box's resources")
@@ -148,7 +172,8 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
         envelope = Envelope.parse(cpus=args.cpus, mem=args.mem, gpus=args.gpus, gpu_mem=args.gpu_mem,
                                   disk=args.disk, time=args.time, res=args.res)
         grace_s = parse_duration(args.grace) if args.grace is not None else DEFAULT_GRACE_S
-    except (EnvelopeError, UnitError) as error:
+        retry_policy = _retry_policy(args)
+    except (EnvelopeError, UnitError, RetryPolicyError) as error:
         raise CliError(str(error), EXIT_BAD_INPUT) from None
     env = dict(os.environ)
     for item in args.env:
@@ -166,7 +191,12 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
         "grace_s": grace_s,
         "held": args.hold,
         "on_overrun": args.on_overrun,
+        "retry": retry_policy,
+        "after": _dependencies(args.after),
+        "group": args.group,
     }
+    if args.checkpoint_dir:
+        request["checkpoint_dir"] = os.path.abspath(args.checkpoint_dir)
     try:
         run = _client(home).call("submit", **request)
         offline = False
@@ -180,6 +210,28 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
     if offline:
         print(f"runyard: queued run {run['id']}, but no engine is running: {NO_ENGINE_HINT}", file=sys.stderr)
     return 0
+
+
+def _dependencies(values: list[str] | None) -> list[list[Any]]:
+    deps = []
+    for value in values or ():
+        run_id, _, kind = value.partition(":")
+        if not run_id.strip().isdigit() or kind not in ("", "ok", "any"):
+            raise CliError(f"--after {value!r}: write ID, ID:ok or ID:any", EXIT_BAD_INPUT)
+        deps.append([int(run_id), kind or "ok"])
+    return deps
+
+
+def _retry_policy(args: argparse.Namespace) -> dict[str, Any]:
+    backoff = parse_backoff(args.backoff) if args.backoff else DEFAULT_BACKOFF
+    warn_signal, warn_before_s = parse_warn_signal(args.warn_signal) if args.warn_signal else (None, None)
+    policy = RetryPolicy(
+        retries=args.retries, backoff_min_s=backoff[0], backoff_max_s=backoff[1],
+        retry_on=parse_codes(args.retry_on, "--retry-on"), no_retry_on=parse_codes(args.no_retry_on, "--no-retry-on"),
+        grow_on_oom=args.grow_on_oom, requeue=args.requeue, warn_signal=warn_signal, warn_before_s=warn_before_s,
+    )
+    policy.check()
+    return policy.to_dict()
 
 
 _ENVELOPE_OPTIONS = {
@@ -342,9 +394,21 @@ def cmd_show(home: Home, args: argparse.Namespace) -> int:
     ]
     if run.get("warning"):
         fields.insert(4, ("warning", run["warning"]))
+    if run.get("retries") or run.get("attempt", 1) > 1:
+        fields.insert(4, ("attempt", f"{run['attempt']} (automatic retries used {run['retries_used']} of {run['retries']})"))
+    if run.get("checkpoint_dir"):
+        fields.append(("checkpoints", run["checkpoint_dir"]))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         print(f"{name.ljust(width)}  {value}")
+    for attempt in run.get("attempt_history", []):
+        print(f"  attempt {attempt['attempt']}: {attempt['state']}, {attempt['reason']}"
+              + (f" [{attempt['failure_class']}]" if attempt["failure_class"] else "")
+              + f"  log {attempt['log_path']}")
+    for checkpoint in run.get("checkpoints", []):
+        mark = " (newest)" if checkpoint["newest"] else ""
+        best = " (best)" if checkpoint["is_best"] else ""
+        print(f"  checkpoint step {checkpoint['step']}: {checkpoint['path']}{mark}{best}")
     return 0
 
 
@@ -380,11 +444,7 @@ def _usage_offline(home: Home, run_id: str) -> dict[str, Any]:
 
 def cmd_priority(home: Home, args: argparse.Namespace) -> int:
     run = _engine_call(home, "priority", id=args.id, priority=args.priority)
-    if args.json:
-        print(json.dumps(run, indent=2))
-    else:
-        print(f"run {run['id']}: priority {run['priority']} ({run['reason']})")
-    return 0
+    return _print_run(run, args, f"priority {run['priority']}")
 
 
 def cmd_logs(home: Home, args: argparse.Namespace) -> int:
@@ -418,10 +478,14 @@ def _engine_call(home: Home, op: str, **request: Any) -> Any:
 
 def cmd_run_action(home: Home, args: argparse.Namespace) -> int:
     run = _engine_call(home, args.command, id=args.id)
+    return _print_run(run, args, run["state"])
+
+
+def _print_run(run: dict[str, Any], args: argparse.Namespace, headline: str) -> int:
     if args.json:
         print(json.dumps(run, indent=2))
     else:
-        print(f"run {run['id']}: {run['state']} ({run['reason']})")
+        print(f"run {run['id']}: {headline} ({run['reason']})")
     return 0
 
 
@@ -471,6 +535,7 @@ COMMANDS = {
     "hold": cmd_run_action,
     "release": cmd_run_action,
     "priority": cmd_priority,
+    "retry": cmd_run_action,
     "drain": cmd_drain,
     "undrain": cmd_drain,
     "status": cmd_status,

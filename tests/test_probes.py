@@ -21,6 +21,7 @@ from engine.probes.attribution import box_view, run_process_trees, run_rss_bytes
 from engine.probes.gpu import GpuProcess, GpuSample, NvmlProbe, nvml_status, open_nvml, select_visible
 from engine.probes.host import HostProbe, HostSample
 from engine.probes.simulated import SimulatedGpuProbe, parse_gpu_spec
+from conftest import DEADLINE_S, poll_until
 from fake_pynvml import (
     NVML_ERROR_DRIVER_NOT_LOADED,
     NVML_ERROR_GPU_IS_LOST,
@@ -34,18 +35,6 @@ from fake_pynvml import (
 )
 
 G = 1 << 30
-DEADLINE_S = 20.0
-
-
-def poll_until(predicate, timeout: float = DEADLINE_S, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------- host

@@ -37,7 +37,7 @@ def test_migrations_are_idempotent_and_set_wal_and_version(db_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert sql.schema_version(conn) == sql.SCHEMA_VERSION
     names = [row[0] for row in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'runyard'")]
-    assert names == ["m001_runs", "m002_enforcement"]
+    assert names == ["m001_runs", "m002_enforcement", "m003_attempts", "m004_health_and_scheduling", "m005_provenance_and_groups"]
     conn.close()
 
 

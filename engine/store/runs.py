@@ -9,8 +9,9 @@ at any instant leaves either the old state or the new one with its history.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from engine.model import Run, RunSpec, RunState
@@ -21,6 +22,8 @@ _WRITABLE = frozenset(
         "reason", "priority", "held", "gpus", "started_at", "ended_at", "exit_code", "signal",
         "pid", "pid_started_at", "shim_pid", "shim_started_at", "stop_request",
         "stop_requested_at", "kill_sent_at", "log_path", "run_dir", "stop_detail", "cores", "warning",
+        "attempt", "retries_used", "not_before", "failure_class", "warn_sent_at", "resume_from", "envelope",
+        "health", "health_detail", "progress", "metrics",
     }
 )
 
@@ -28,6 +31,10 @@ _WRITABLE = frozenset(
 def _encode(name: str, value: object) -> object:
     if name in ("gpus", "cores"):
         return json.dumps(list(value or ()))
+    if name == "envelope":
+        return json.dumps(value.to_dict())
+    if name in ("progress", "metrics"):
+        return None if value is None else json.dumps(value)
     if name == "held":
         return int(bool(value))
     return value
@@ -39,12 +46,33 @@ class RunStore:
     def __init__(self, conn: sqlite3.Connection, runs_dir: Path) -> None:
         self.conn = conn
         self.runs_dir = runs_dir
+        self.listeners: list[Callable[[dict], None]] = []
+        """Called after each committed state change with ``{run_id, at, from_state,
+        to_state, reason}``: alerts hang here. A listener must not raise."""
+
+    def _changed(self, run_id: int, at: float, from_state: str | None, to_state: str, reason: str) -> None:
+        change = {"run_id": run_id, "at": at, "from_state": from_state, "to_state": to_state, "reason": reason}
+        for listener in self.listeners:
+            try:
+                listener(change)
+            except Exception:  # an alert must never undo or block a transition
+                logging.getLogger("runyard.store").exception("state change listener failed")
 
     def submit(self, spec: RunSpec, *, now: float, uid: int | None, user: str | None) -> Run:
         run_id = sql.insert_run(self.conn, spec, now=now, runs_dir=self.runs_dir, uid=uid, user=user)
         run = self.get(run_id)
         assert run is not None
+        self._changed(run_id, now, None, RunState.QUEUED.value, run.reason)
         return run
+
+    def submit_many(self, specs: list[RunSpec], *, now: float, uid: int | None, user: str | None) -> list[Run]:
+        """Queue every spec in one transaction: all of them or none."""
+        with sql.write_transaction(self.conn):
+            ids = [sql.insert_run(self.conn, spec, now=now, runs_dir=self.runs_dir, uid=uid, user=user) for spec in specs]
+        runs = [self.get(run_id) for run_id in ids]
+        for run in runs:
+            self._changed(run.id, now, None, RunState.QUEUED.value, run.reason)
+        return runs
 
     def get(self, run_id: int) -> Run | None:
         return sql.get_run(self.conn, run_id)
@@ -64,7 +92,48 @@ class RunStore:
             if not self._update(run_id, from_state, {"state": to_state.value, "reason": reason, **fields}):
                 return False
             sql.record_transition(self.conn, run_id, now, from_state.value, to_state.value, reason)
+        self._changed(run_id, now, from_state.value, to_state.value, reason)
         return True
+
+    def end_attempt(
+        self,
+        run: Run,
+        to_state: RunState,
+        reason: str,
+        *,
+        now: float,
+        record: Mapping[str, object],
+        **fields: object,
+    ) -> bool:
+        """End the running attempt of ``run``: the run moves to ``to_state`` (a final state,
+        or back to queued for a retry) and the attempt gets its row, in one transaction, so
+        a crash can neither lose the attempt's record nor retry it twice."""
+        with sql.write_transaction(self.conn):
+            if not self._update(run.id, RunState.RUNNING, {"state": to_state.value, "reason": reason, **fields}):
+                return False
+            self.conn.execute(
+                """
+                INSERT OR REPLACE INTO attempts (run_id, attempt, started_at, ended_at, state, reason, exit_code,
+                                                 signal, failure_class, log_path, envelope, gpus, resumed_from)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (
+                    run.id, run.attempt, run.started_at, record["ended_at"], record["state"], record["reason"],
+                    record["exit_code"], record["signal"], record["failure_class"], run.log_path,
+                    json.dumps(run.envelope.to_dict()), json.dumps(list(run.gpus)), run.resume_from,
+                ),
+            )
+            sql.record_transition(self.conn, run.id, now, RunState.RUNNING.value, to_state.value, reason)
+        self._changed(run.id, now, RunState.RUNNING.value, to_state.value, reason)
+        return True
+
+    def attempts(self, run_id: int) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT attempt, started_at, ended_at, state, reason, exit_code, signal, failure_class, log_path,"
+            " resumed_from FROM attempts WHERE run_id = ? ORDER BY attempt",
+            (run_id,),
+        ).fetchall()
+        return [dict(row) for row in rows]
 
     def update(self, run_id: int, expected_state: RunState, **fields: object) -> bool:
         """Change fields of a run without changing its state; False if its state differs."""
@@ -101,6 +170,21 @@ class RunStore:
             "SELECT at, from_state, to_state, reason FROM transitions WHERE run_id = ? ORDER BY id", (run_id,)
         ).fetchall()
         return [dict(row) for row in rows]
+
+    def pauses(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT key, reason FROM pauses").fetchall())
+
+    def pause(self, key: str, reason: str, now: float) -> None:
+        with sql.write_transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO pauses (key, reason, since) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET reason = excluded.reason, since = excluded.since",
+                (key, reason, now),
+            )
+
+    def unpause(self, key: str) -> bool:
+        with sql.write_transaction(self.conn):
+            return self.conn.execute("DELETE FROM pauses WHERE key = ?", (key,)).rowcount == 1
 
     def get_meta(self, key: str) -> str | None:
         return sql.get_meta(self.conn, key)

@@ -78,6 +78,82 @@ def m002_enforcement(db: Database) -> None:
     db.execute("PRAGMA user_version = 2")
 
 
+@migrations()
+def m003_attempts(db: Database) -> None:
+    # What the submitter asked about retries, as one JSON object (engine.retry.RetryPolicy).
+    db.execute("ALTER TABLE runs ADD COLUMN retry_policy TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE runs ADD COLUMN retries_used INTEGER NOT NULL DEFAULT 0")
+    # A queued run in its retry backoff is not admitted before this time.
+    db.execute("ALTER TABLE runs ADD COLUMN not_before REAL")
+    db.execute("ALTER TABLE runs ADD COLUMN failure_class TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN checkpoint_dir TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN warn_sent_at REAL")
+    db.execute("ALTER TABLE runs ADD COLUMN resume_from TEXT")
+    db["attempts"].create(
+        {
+            "run_id": int, "attempt": int, "started_at": float, "ended_at": float, "state": str,
+            "reason": str, "exit_code": int, "signal": str, "failure_class": str, "log_path": str,
+            "envelope": str, "gpus": str, "resumed_from": str,
+        },
+        pk=("run_id", "attempt"),
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db.execute("PRAGMA user_version = 3")
+
+
+@migrations()
+def m004_health_and_scheduling(db: Database) -> None:
+    # [[run id, "ok" | "any"], ...]: the runs this one starts after (Slurm's afterok/afterany).
+    db.execute("ALTER TABLE runs ADD COLUMN depends_on TEXT")
+    # A sweep's group (issue 7) and the breaker's key; NULL outside groups.
+    db.execute("ALTER TABLE runs ADD COLUMN run_group TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN health TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN health_detail TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN health_policy TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN progress TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN schedule_id INTEGER")
+    db["health_checks"].create(
+        {"id": int, "run_id": int, "attempt": int, "at": float, "check_name": str, "ok": int, "health": str,
+         "output": str},
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["health_checks"].create_index(["run_id", "at"])
+    db["schedules"].create(
+        {"id": int, "name": str, "cron": str, "template": str, "created_at": float, "last_fired_at": float,
+         "last_run_id": int, "enabled": int},
+        pk="id",
+    )
+    # Groups or users whose runs the circuit breaker paused: key -> why.
+    db["pauses"].create({"key": str, "reason": str, "since": float}, pk="key")
+    db.execute("PRAGMA user_version = 4")
+
+
+@migrations()
+def m005_provenance_and_groups(db: Database) -> None:
+    db["provenance"].create(
+        {"run_id": int, "record": str, "sha256": str, "created_at": float},
+        pk="run_id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    # Written once at submit; the database itself refuses to change it afterwards, so no
+    # bug or hand-edit can make a result point at a record that is not what ran.
+    db.execute(
+        "CREATE TRIGGER provenance_is_immutable BEFORE UPDATE ON provenance "
+        "BEGIN SELECT RAISE(ABORT, 'provenance is immutable'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER provenance_is_kept BEFORE DELETE ON provenance "
+        "BEGIN SELECT RAISE(ABORT, 'provenance is immutable'); END"
+    )
+    db["groups"].create({"name": str, "kind": str, "definition": str, "created_at": float}, pk="name")
+    db.execute("ALTER TABLE runs ADD COLUMN params TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN seed INTEGER")
+    db.execute("ALTER TABLE runs ADD COLUMN metrics TEXT")
+    db.execute("PRAGMA user_version = 5")
+
+
 def migrate(db_path: Path) -> None:
     """Bring the database at ``db_path`` to the current schema (creating it if needed).
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from engine.model import Run, RunSpec, RunState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 60.0
 """How long a writer waits for the lock. Generous: a submit must never fail with
 "database is locked" because many submitters arrived at once."""
@@ -66,7 +67,12 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
     A deferred transaction that reads first and writes later fails at once with
     SQLITE_BUSY when another writer committed in between; an immediate one waits.
+    Inside an open transaction it joins it: the outer one commits (a batch of submits
+    lands whole or not at all).
     """
+    if conn.in_transaction:
+        yield conn
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -94,15 +100,20 @@ def insert_run(
     runs_dir: Path,
     uid: int | None,
     user: str | None,
-    reason: str = "waiting: not yet considered by the engine",
+    reason: str | None = None,
 ) -> int:
     """Queue a run; returns its id. One transaction: the run exists fully or not at all."""
+    if reason is None:
+        reason = "waiting: not yet considered by the engine"
+        if spec.start_at is not None:
+            reason = "waiting: scheduled for " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(spec.start_at))
     with write_transaction(conn):
         cursor = conn.execute(
             """
             INSERT INTO runs (name, state, reason, priority, held, argv, cwd, env, envelope,
-                              grace_s, gpus, submitted_at, uid, user, on_overrun)
-            VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?, ?)
+                              grace_s, gpus, submitted_at, uid, user, on_overrun, retry_policy,
+                              depends_on, not_before, run_group, health_policy, schedule_id, seed, params)
+            VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             (
                 spec.name or "",
@@ -118,17 +129,37 @@ def insert_run(
                 uid,
                 user,
                 spec.on_overrun,
+                json.dumps(spec.retry.to_dict()),
+                json.dumps([list(dep) for dep in spec.depends_on]) if spec.depends_on else None,
+                spec.start_at,
+                spec.group,
+                json.dumps(spec.health) if spec.health else None,
+                spec.schedule_id,
+                spec.seed,
+                json.dumps(spec.params) if spec.params else None,
             ),
         )
         run_id = cursor.lastrowid
         run_dir = runs_dir / str(run_id)
         name = spec.name or _default_name(spec.argv, run_id)
+        # The same folder for every attempt: that is what a retry resumes from.
+        checkpoint_dir = spec.checkpoint_dir or str(run_dir / "checkpoints")
         conn.execute(
-            "UPDATE runs SET name = ?, run_dir = ?, log_path = ? WHERE id = ?",
-            (name, str(run_dir), str(run_dir / "output.log"), run_id),
+            "UPDATE runs SET name = ?, run_dir = ?, log_path = ?, checkpoint_dir = ? WHERE id = ?",
+            (name, str(run_dir), str(run_dir / "output.log"), checkpoint_dir, run_id),
         )
+        if spec.provenance is not None:
+            conn.execute(
+                "INSERT INTO provenance (run_id, record, sha256, created_at) VALUES (?, ?, ?, ?)",
+                (run_id, json.dumps(spec.provenance, sort_keys=True), spec.provenance.get("sha256"), now),
+            )
         record_transition(conn, run_id, now, None, RunState.QUEUED.value, "submitted")
     return run_id
+
+
+def get_provenance(conn: sqlite3.Connection, run_id: int) -> dict | None:
+    row = conn.execute("SELECT record FROM provenance WHERE run_id = ?", (run_id,)).fetchone()
+    return json.loads(row[0]) if row else None
 
 
 def _default_name(argv: tuple[str, ...], run_id: int) -> str:
