@@ -57,6 +57,11 @@ class Config:
     history_raw_keep_s: float = 3600.0
     history_retention_s: float = 3 * 86400.0
     resources: tuple[tuple[str, int], ...] = ()
+    gpu_idle_after_s: float = 15 * 60.0
+    """A held GPU idle (under 5%) this long is reported."""
+    alerts_table: dict[str, Any] = field(default_factory=dict)
+    """``[alerts]`` as written; ``engine.alerts.AlertsConfig.from_table`` reads it (the
+    CLI never needs it, so it is not parsed here)."""
 
 
 def config_path() -> Path:
@@ -86,13 +91,21 @@ def load_config(path: Path | None = None) -> Config:
 
 def _parse(path: Path, raw: dict[str, Any]) -> Config:
     reader = _Reader(path)
-    known_tables = {"engine", "defaults", "history", "resources"}
+    known_tables = {"engine", "defaults", "history", "resources", "alerts", "health"}
     for table in raw:
         if table not in known_tables:
             raise ConfigError(f"{path}: unknown table [{table}] (known: {', '.join(sorted(known_tables))})")
     engine = reader.table(raw, "engine", {"sample_interval", "mem_headroom", "gpu_mem_headroom", "exclude_gpus"})
     defaults = reader.table(raw, "defaults", {"cpus", "mem", "gpus", "gpu_mem", "disk", "time"})
     history = reader.table(raw, "history", {"raw_keep", "retention"})
+    health = reader.table(raw, "health", {"gpu_idle_after"})
+    alerts = raw.get("alerts", {})
+    if not isinstance(alerts, dict):
+        raise ConfigError(f"{path}: [alerts] must be a table (command, webhook, events, retries, timeout)")
+    if alerts:
+        from engine.alerts import AlertsConfig  # only when configured: it pulls in urllib
+
+        AlertsConfig.from_table(alerts, path)  # a bad value fails here, naming the key
     resources_table = raw.get("resources", {})
     if not isinstance(resources_table, dict):
         raise ConfigError(f"{path}: [resources] must be a table of NAME = COUNT")
@@ -128,6 +141,8 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         history_raw_keep_s=reader.duration("history.raw_keep", history.get("raw_keep", "1h")),
         history_retention_s=reader.duration("history.retention", history.get("retention", "3d")),
         resources=tuple(resources),
+        gpu_idle_after_s=reader.duration("health.gpu_idle_after", health.get("gpu_idle_after", "15m")),
+        alerts_table=dict(alerts),
     )
     if config.sample_interval_s < 0.2:
         raise ConfigError(f"{path}: engine.sample_interval: at least 0.2s (it costs CPU on every sample)")

@@ -29,7 +29,7 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ log = logging.getLogger("runyard.daemon")
 
 TICK_INTERVAL_S = 2.0
 COMPACT_INTERVAL_S = 600.0
+HEALTH_POLL_S = 1.0
+"""How often due health commands are looked for; each has its own --health-interval."""
 
 
 class DaemonError(RuntimeError):
@@ -163,6 +165,40 @@ def build_engine(config: DaemonConfig) -> Engine:
     )
 
 
+def attach_alerts(engine: Engine, config: DaemonConfig):
+    """Send state and health changes to the configured hook; ``None`` when none is."""
+    from engine.alerts import AlertsConfig, AlertsConfigError, Event, Notifier
+
+    try:
+        alerts = AlertsConfig.from_table(config.settings.alerts_table, config.settings.path)
+    except AlertsConfigError as error:
+        raise DaemonError(str(error)) from None
+    if not alerts.enabled:
+        return None
+    notifier = Notifier(alerts)
+
+    def forward(change: dict) -> None:
+        if "to_state" in change:
+            kind = change["to_state"]
+            if change["from_state"] == "running" and kind == "queued":
+                kind = "retrying"
+            event = Event.state_change(change["run_id"], change["to_state"], change["from_state"], at=change["at"],
+                                       reason=change["reason"])
+            if kind != event.kind:
+                event = replace(event, kind=kind)
+        elif str(change.get("kind", "")).startswith("health:"):
+            event = Event.health_change(change["run_id"], change["kind"].split(":", 1)[1],
+                                        change.get("previous_health"), at=change["at"], reason=change["reason"],
+                                        name=change.get("name"))
+        else:
+            event = Event(kind=change["kind"], run_id=change.get("run_id"), at=change["at"],
+                          reason=change.get("reason", ""), data={"key": change.get("key")})
+        notifier.notify(event)
+
+    engine.store.listeners.append(forward)
+    return notifier
+
+
 @dataclass
 class Server:
     """The running engine on its loop: the socket, the timers and the pidfd watches."""
@@ -174,6 +210,7 @@ class Server:
     _tick_pending: bool = False
     _deadline_timer: asyncio.TimerHandle | None = None
     _watched: dict[int, int] = field(default_factory=dict)  # run id -> pidfd
+    _probes: set = field(default_factory=set)
 
     def wake(self) -> None:
         """Ask for a tick soon; many wakes before it runs make one tick."""
@@ -209,6 +246,33 @@ class Server:
             self.engine.compact_history()
         except Exception:
             log.exception("thinning the usage history failed; retrying later")
+
+    async def run_health_probes(self) -> None:
+        """Start every due ``--health-cmd``; each runs as its own task, so a slow probe
+        delays nothing but itself."""
+        try:
+            due = self.engine.due_probes(self.engine.clock())
+        except Exception:
+            log.exception("cannot list due health checks")
+            return
+        for run in due:
+            task = self.loop.create_task(self._probe(run))
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+
+    async def _probe(self, run) -> None:
+        from engine.health_probe import run_probe
+
+        try:
+            request = self.engine.probe_request(run)
+            result = await run_probe(request["cmd"], env=request["env"], cwd=request["cwd"],
+                                     timeout_s=request["timeout_s"])
+            self.engine.record_probe_result(run, result, self.engine.clock())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("health check of run %s failed to run", run.id)
+            self.engine._probing.discard(run.id)
 
     def _arm_deadline(self, at: float | None) -> None:
         if self._deadline_timer is not None:
@@ -290,6 +354,14 @@ class Server:
             run = engine.submit(args, uid=uid, user=_user_name(uid))
             self.wake()
             return run.to_json()
+        if op == "schedule":
+            result = engine.schedule(args.get("template") or {}, args.get("cron"), uid=uid, user=_user_name(uid))
+            self.wake()
+            return result
+        if op == "schedules":
+            return engine.list_schedules()
+        if op == "unschedule":
+            return engine.unschedule(args.get("id"))
         if op == "submit_many":
             runs = engine.submit_many(args.get("runs"), uid=uid, user=_user_name(uid))
             self.wake()
@@ -366,6 +438,7 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[Server], None] | No
     lock_fd = _acquire_lock(home)
     try:
         engine = build_engine(config)
+        notifier = attach_alerts(engine, config)
         loop = asyncio.get_running_loop()
         server = Server(engine, config, loop)
         engine.recover()
@@ -382,6 +455,8 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[Server], None] | No
         scheduler.add_job(server.sample_usage, "interval", seconds=config.settings.sample_interval_s,
                           id="sample", coalesce=True, max_instances=1)
         scheduler.add_job(server.compact_history, "interval", seconds=COMPACT_INTERVAL_S, id="compact",
+                          coalesce=True, max_instances=1)
+        scheduler.add_job(server.run_health_probes, "interval", seconds=HEALTH_POLL_S, id="health",
                           coalesce=True, max_instances=1)
         scheduler.start()
         if config.install_signals:
@@ -404,6 +479,12 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[Server], None] | No
             with contextlib.suppress(FileNotFoundError):
                 socket_path.unlink()
             server.close_watches()
+            for task in list(server._probes):
+                task.cancel()
+            if server._probes:
+                await asyncio.wait(list(server._probes), timeout=10)
+            if notifier is not None:
+                notifier.close(timeout_s=5.0)
             engine.gpu_probe.close()
             engine.store.conn.close()
             if engine.history is not None:

@@ -12,6 +12,7 @@ so runs queued by an offline ``runyard submit`` are picked up like any other.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -19,11 +20,12 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import breaker, checkpoints, enforce, policy, retry
+from engine import breaker, checkpoints, enforce, health, policy, retry
 from engine.config import Config
 from engine.launcher import LaunchError, Launcher, Observation
 from engine.model import Run, RunState
@@ -32,6 +34,7 @@ from engine.probes.gpu import GpuSample
 from engine.probes.host import HostSample
 from engine.protocol import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_NO_SUCH_RUN, RequestError
 from engine.store.history import History
+from engine.store import sql
 from engine.store.runs import RunStore
 from engine.submission import spec_from_request
 from engine.units import format_duration
@@ -98,6 +101,10 @@ class Engine:
         self.boot_time = boot_time or _boot_time
         self.usage_sampler = UsageSampler()
         self.last_usage: dict[int, RunUsage] = {}
+        self._trails: dict[int, _Trail] = {}
+        self._probing: set[int] = set()
+        self._last_probe: dict[tuple[int, int], float] = {}
+        self._probe_history: dict[tuple[int, int], list[dict[str, Any]]] = {}
         self._peaks: dict[int, tuple[int, int]] = {}
         """``run_id -> (peak RSS, peak GPU memory)`` seen since this engine started; the
         history's summary supplies what earlier engines saw."""
@@ -113,8 +120,102 @@ class Engine:
         now = self.clock()
         for run in self.store.in_state(RunState.RUNNING):
             self._supervise(run, now)
+        self._fire_schedules(now)
         self._admit(now)
         return self._next_deadline()
+
+    # --------------------------------------------------------------- schedules
+
+    def schedule(self, args: dict[str, Any], cron: Any, *, uid: int | None, user: str | None) -> dict[str, Any]:
+        """Keep a run template that fires on ``cron``; each firing queues a new run."""
+        from engine import schedules
+
+        if not isinstance(cron, str):
+            raise RequestError("cron must be a crontab expression like '0 2 * * *'", EXIT_BAD_INPUT)
+        try:
+            schedules.parse_cron(cron)
+        except schedules.ScheduleError as error:
+            raise RequestError(str(error), EXIT_BAD_INPUT) from None
+        self._checked_spec(args)  # a template that could never be queued is refused now, not at 2 a.m.
+        template = dict(args, uid=uid, user=user)
+        now = self.clock()
+        with sql.write_transaction(self.store.conn):
+            cursor = self.store.conn.execute(
+                "INSERT INTO schedules (name, cron, template, created_at, enabled) VALUES (?, ?, ?, ?, 1)",
+                (args.get("name") or " ".join(args.get("argv") or [])[:40], cron, json.dumps(template), now),
+            )
+        return self.schedule_json(cursor.lastrowid)
+
+    def schedule_json(self, schedule_id: int) -> dict[str, Any]:
+        from engine import schedules
+
+        row = self.store.conn.execute("SELECT * FROM schedules WHERE id = ?", (schedule_id,)).fetchone()
+        if row is None:
+            raise RequestError(f"no schedule {schedule_id}; `runyard schedules` lists them", EXIT_NO_SUCH_RUN)
+        template = json.loads(row["template"])
+        after = row["last_fired_at"] or row["created_at"]
+        return {
+            "id": row["id"], "name": row["name"], "cron": row["cron"], "argv": template.get("argv"),
+            "created_at": row["created_at"], "last_fired_at": row["last_fired_at"], "last_run_id": row["last_run_id"],
+            "next_at": schedules.next_fire(row["cron"], max(after, self.clock())), "enabled": bool(row["enabled"]),
+        }
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        ids = [row[0] for row in self.store.conn.execute("SELECT id FROM schedules WHERE enabled = 1 ORDER BY id")]
+        return [self.schedule_json(schedule_id) for schedule_id in ids]
+
+    def unschedule(self, schedule_id: Any) -> dict[str, Any]:
+        if isinstance(schedule_id, bool) or not isinstance(schedule_id, int):
+            raise RequestError(f"{schedule_id!r} is not a schedule id (a number, as `runyard schedules` shows)")
+        found = self.schedule_json(schedule_id)
+        with sql.write_transaction(self.store.conn):
+            self.store.conn.execute("UPDATE schedules SET enabled = 0 WHERE id = ?", (schedule_id,))
+        return dict(found, enabled=False)
+
+    def _fire_schedules(self, now: float) -> None:
+        from engine import schedules
+
+        rows = self.store.conn.execute("SELECT * FROM schedules WHERE enabled = 1").fetchall()
+        for row in rows:
+            try:
+                due = schedules.due_firings(row["cron"], row["last_fired_at"], row["created_at"], now)
+            except schedules.ScheduleError:
+                log.exception("schedule %s has a bad cron expression", row["id"])
+                continue
+            if not due:
+                continue
+            template = json.loads(row["template"])
+            uid, user = template.pop("uid", None), template.pop("user", None)
+            try:
+                spec = replace(self._checked_spec(template), schedule_id=row["id"])
+            except RequestError as error:
+                log.warning("schedule %s cannot queue its run: %s", row["id"], error)
+                spec = None
+            # The run and the schedule's progress in one transaction: a crash in between
+            # can neither lose a firing nor fire it twice.
+            with sql.write_transaction(self.store.conn):
+                run_id = None
+                if spec is not None:
+                    run_id = sql.insert_run(self.store.conn, spec, now=now, runs_dir=self.store.runs_dir, uid=uid,
+                                            user=user)
+                self.store.conn.execute(
+                    "UPDATE schedules SET last_fired_at = ?, last_run_id = COALESCE(?, last_run_id) WHERE id = ?",
+                    (due[-1], run_id, row["id"]),
+                )
+            if run_id is not None:
+                log.info("schedule %s fired: run %s", row["id"], run_id)
+
+    def _next_schedule_fire(self) -> float | None:
+        from engine import schedules
+
+        times = []
+        for row in self.store.conn.execute("SELECT cron, last_fired_at, created_at FROM schedules WHERE enabled = 1"):
+            try:
+                times.append(schedules.next_fire(row["cron"], max(row["last_fired_at"] or row["created_at"],
+                                                                  self.clock())))
+            except schedules.ScheduleError:
+                continue
+        return min(times) if times else None
 
     def recover(self) -> None:
         """At start: settle runs that ended while no engine ran, re-adopt live ones."""
@@ -170,6 +271,8 @@ class Engine:
         self.last_usage = usages
         for run_id in set(self._peaks) - set(usages):
             del self._peaks[run_id]
+        for run_id in set(self._trails) - set(usages):
+            del self._trails[run_id]
         if self.history is not None:
             try:
                 self.history.record_box(now, sample.host, sample.gpus)
@@ -181,6 +284,11 @@ class Engine:
             usage = usages.get(run.id)
             if usage is not None and run.pid:
                 stopped |= self._enforce(run, usage, now)
+            if usage is not None:
+                try:
+                    stopped |= self._watch_health(self.store.get(run.id) or run, usage, sample, now)
+                except Exception:  # a check must never stop the engine's sampling
+                    log.exception("health checks of run %s failed", run.id)
         return stopped
 
     def _enforce(self, run: Run, usage: RunUsage, now: float) -> bool:
@@ -204,6 +312,129 @@ class Engine:
             log.warning("run %s: %s (on-overrun: warn)", run.id, verdict.reason)
             self.store.update(run.id, RunState.RUNNING, warning=verdict.reason)
         return False
+
+    # ------------------------------------------------------------------ health
+
+    def _watch_health(self, run: Run, usage: RunUsage, sample: Sample, now: float) -> bool:
+        """Liveness (heartbeat, log growth) and the built-in findings of one running run;
+        returns whether a stall stopped it."""
+        trail = self._trails.setdefault(run.id, _Trail())
+        trail.add(now, usage, run.gpus)
+        beat = _read_heartbeat(run)
+        if beat is not None and beat != (run.progress or {}).get("beat"):
+            progress = {"step": beat.get("step"), "total": beat.get("total"), "metrics": beat.get("metrics"),
+                        "at": beat.get("at"), "beat": beat}
+            trail.steps.append((now, beat.get("step")))
+            progress["eta"] = _eta(trail.steps, beat.get("total"), now)
+            self.store.update(run.id, RunState.RUNNING, progress=progress)
+        findings = self._findings(run, trail, beat, now)
+        for finding in findings:
+            self._add_warning(run, finding, now)
+        policy_now = health.HealthPolicy.from_dict(run.health_policy) if run.health_policy else None
+        if policy_now is None or policy_now.stall_timeout_s is None or run.stop_request is not None:
+            return False
+        last = health.last_activity(
+            run.started_at, (beat or {}).get("at"), health.log_activity_at(run.log_path),
+            trail.last_busy_at,
+        )
+        if not health.is_stalled(last, now, policy_now.stall_timeout_s):
+            if run.health == health.STALLED:
+                self._set_health(run, health.HEALTHY, "activity resumed", now)
+            return False
+        detail = health.stall_detail(last, now)
+        if run.health != health.STALLED:
+            self._set_health(run, health.STALLED, detail, now)
+        if policy_now.on_stall == "warn":
+            return False
+        kind = "stall" if policy_now.on_stall == "kill" else "stall_restart"
+        self._request_stop(self.store.get(run.id) or run, kind, f"stalled: {detail}", now)
+        self._supervise(self.store.get(run.id) or run, now)
+        return True
+
+    def _findings(self, run: Run, trail: _Trail, beat: dict | None, now: float) -> list[str]:
+        findings = list(health.metric_problems((beat or {}).get("metrics")))
+        if run.envelope.mem_bytes:
+            trend = health.memory_trend(list(trail.rss), run.envelope.mem_bytes)
+            if trend:
+                findings.append(trend)
+        if run.gpus:
+            idle = health.gpu_idle(list(trail.gpu_util), True, self.config.gpu_idle_after_s)
+            if idle:
+                findings.append(idle)
+        space = health.disk_space(run.checkpoint_dir)
+        if space is not None:
+            full = health.disk_almost_full(*space)
+            if full:
+                findings.append(full)
+        findings.extend(health.fatal_log_lines(health.read_tail(run.log_path)))
+        return findings
+
+    def _add_warning(self, run: Run, finding: str, now: float) -> None:
+        if run.warning and finding in run.warning:
+            return
+        text = f"{run.warning}; {finding}" if run.warning else finding
+        if self.store.update(run.id, RunState.RUNNING, warning=text):
+            log.warning("run %s: %s", run.id, finding)
+            self.emit({"kind": "health:warning", "run_id": run.id, "at": now, "reason": finding})
+
+    def _set_health(self, run: Run, state: str, detail: str, now: float) -> None:
+        if self.store.update(run.id, RunState.RUNNING, health=state, health_detail=detail):
+            log.info("run %s is %s: %s", run.id, state, detail)
+            self.emit({"kind": f"health:{state}", "run_id": run.id, "at": now, "reason": detail,
+                       "health": state, "previous_health": run.health, "name": run.name})
+
+    def due_probes(self, now: float) -> list[Run]:
+        """Running runs whose ``--health-cmd`` is due and not already running."""
+        due = []
+        for run in self.store.in_state(RunState.RUNNING):
+            if not run.health_policy or run.id in self._probing:
+                continue
+            policy_now = health.HealthPolicy.from_dict(run.health_policy)
+            last = self._last_probe.get((run.id, run.attempt), run.started_at or now)
+            if policy_now.cmd and now - last >= policy_now.interval_s:
+                due.append(run)
+        for run in due:
+            self._probing.add(run.id)
+        return due
+
+    def probe_request(self, run: Run) -> dict[str, Any]:
+        """What the daemon needs to run a run's probe off the engine's thread."""
+        policy_now = health.HealthPolicy.from_dict(run.health_policy)
+        return {"cmd": policy_now.cmd, "env": run_environment(run), "cwd": run.cwd, "timeout_s": policy_now.timeout_s}
+
+    def record_probe_result(self, run: Run, result: Any, now: float) -> None:
+        """A probe of ``run`` (as it was when the probe started) finished."""
+        self._probing.discard(run.id)
+        self._last_probe[(run.id, run.attempt)] = now
+        current = self.store.get(run.id)
+        if current is None or current.state is not RunState.RUNNING or current.attempt != run.attempt:
+            return  # it ended meanwhile: the verdict would describe nothing
+        policy_now = health.HealthPolicy.from_dict(current.health_policy)
+        key = (run.id, run.attempt)
+        history, verdict = health.record_probe(
+            self._probe_history.get(key, []), result, at=now, run_started_at=current.started_at or now,
+            policy=policy_now,
+        )
+        self._probe_history[key] = history
+        with sql.write_transaction(self.store.conn):
+            self.store.conn.execute(
+                "INSERT INTO health_checks (run_id, attempt, at, check_name, ok, health, output) "
+                "VALUES (?, ?, ?, 'command', ?, ?, ?)",
+                (run.id, run.attempt, now, int(result.ok), verdict, result.output[-2000:]),
+            )
+        detail = health.probe_detail(history, verdict)
+        if verdict != current.health or detail != current.health_detail:
+            if verdict != current.health:
+                self._set_health(current, verdict, detail, now)
+            else:
+                self.store.update(run.id, RunState.RUNNING, health_detail=detail)
+
+    def health_checks(self, run_id: int, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.store.conn.execute(
+            "SELECT attempt, at, check_name, ok, health, output FROM health_checks WHERE run_id = ? "
+            "ORDER BY id DESC LIMIT ?", (run_id, limit),
+        ).fetchall()
+        return [dict(row, ok=bool(row["ok"])) for row in reversed(rows)]
 
     def _historic_peaks(self, run_id: int, rss_peak: int, gpu_peak: int) -> tuple[int, int]:
         if self.history is None:
@@ -384,6 +615,9 @@ class Engine:
             run.not_before for run in self.store.in_state(RunState.QUEUED)
             if run.not_before is not None and run.not_before > self.clock()
         )
+        next_fire = self._next_schedule_fire()
+        if next_fire is not None:
+            times.append(next_fire)
         return min(times) if times else None
 
     # --------------------------------------------------------------- admission
@@ -481,9 +715,12 @@ class Engine:
                 run.id, RunState.RUNNING, RunState.FAILED, f"cannot start: {error}", now=now, ended_at=now
             )
             return
+        policy_now = health.HealthPolicy.from_dict(run.health_policy) if run.health_policy else None
         self.store.update(
             run.id, RunState.RUNNING, shim_pid=launched.shim_pid, shim_started_at=launched.shim_started_at,
             cores=cores or (),
+            health=(health.STARTING if policy_now.cmd else health.HEALTHY) if policy_now else None,
+            health_detail="waiting for the first health check" if policy_now and policy_now.cmd else None,
         )
 
     # ---------------------------------------------------------------- requests
@@ -583,6 +820,8 @@ class Engine:
         data["transitions"] = self.store.transitions(run.id)
         data["attempt_history"] = self.store.attempts(run.id)
         data["checkpoints"] = checkpoints.discover(run.checkpoint_dir)
+        data["health_checks"] = self.health_checks(run.id)
+        data["health_policy"] = run.health_policy
         return data
 
     def set_priority(self, run_id: Any, priority: Any) -> Run:
@@ -632,8 +871,6 @@ class Engine:
         return {"draining": draining}
 
     def list_runs(self, *, include_finished: bool) -> list[Run]:
-        from engine.store import sql
-
         return sql.list_runs(self.store.conn, include_finished=include_finished, recent_finished=20)
 
     def status(self) -> dict[str, Any]:
@@ -735,6 +972,9 @@ def _outcome(run: Run, observation: Observation) -> tuple[RunState, str, str | N
     if run.stop_request == "timeout":
         limit = format_duration(run.envelope.time_limit_s)
         return RunState.TIMED_OUT, f"time limit {limit} reached; {how}", retry.TIMEOUT
+    if run.stop_request in ("stall", "stall_restart"):
+        failure = retry.RESTART if run.stop_request == "stall_restart" else retry.STALLED
+        return RunState.FAILED, f"{run.stop_detail}; {how}", failure
     if run.stop_request == "overrun":
         detail = run.stop_detail or "exceeded its envelope"
         failure = retry.GPU_MEMORY_OVERRUN if detail.startswith("exceeded GPU memory") else retry.MEMORY_OVERRUN
@@ -764,6 +1004,54 @@ def _outcome(run: Run, observation: Observation) -> tuple[RunState, str, str | N
     return RunState.FAILED, how, retry.EXIT
 
 
+TRAIL_S = 15 * 60.0
+"""How much recent usage each running run keeps in memory for trend checks."""
+
+
+@dataclass
+class _Trail:
+    """A running run's recent readings, for the checks that look at a trend."""
+
+    rss: deque = field(default_factory=deque)
+    gpu_util: deque = field(default_factory=deque)
+    steps: deque = field(default_factory=lambda: deque(maxlen=64))
+    last_busy_at: float | None = None
+    """When its processes last used CPU: a run that computes without printing is alive."""
+
+    def add(self, now: float, usage: RunUsage, gpus: tuple[int, ...]) -> None:
+        self.rss.append((now, usage.rss_bytes))
+        if gpus:
+            self.gpu_util.append((now, usage.gpu_util_percent))
+        if usage.cpu_percent >= 5.0:
+            self.last_busy_at = now
+        for series in (self.rss, self.gpu_util):
+            while series and now - series[0][0] > TRAIL_S:
+                series.popleft()
+
+
+HEARTBEAT_FILE = "heartbeat.json"
+"""Written atomically by ``runyard.heartbeat()`` in the run's folder (``RUNYARD_RUN_DIR``)."""
+
+
+def _read_heartbeat(run: Run) -> dict[str, Any] | None:
+    if not run.run_dir:
+        return None
+    try:
+        beat = json.loads((Path(run.run_dir) / HEARTBEAT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return beat if isinstance(beat, dict) else None
+
+
+def _eta(steps: deque, total: Any, now: float) -> float | None:
+    from engine.progress import eta
+
+    if not isinstance(total, (int, float)) or isinstance(total, bool):
+        return None
+    remaining = eta(list(steps), total)
+    return None if remaining is None else now + remaining
+
+
 def _warn_at(run: Run) -> float | None:
     if run.deadline is None or run.retry.warn_signal is None or run.retry.warn_before_s is None:
         return None
@@ -780,6 +1068,7 @@ def _fresh_attempt_fields(run: Run, attempt: int) -> dict[str, Any]:
         started_at=None, ended_at=None, gpus=(), cores=(), pid=None, pid_started_at=None, shim_pid=None,
         shim_started_at=None, exit_code=None, signal=None, stop_request=None, stop_requested_at=None,
         stop_detail=None, kill_sent_at=None, warn_sent_at=None, warning=None, resume_from=None,
+        health=None, health_detail=None,
     )
 
 

@@ -25,6 +25,10 @@ TIMEOUT = "timeout"
 LOST = "lost"
 EXIT = "exit"
 CANCELLED = "cancelled"
+STALLED = "stalled"
+"""Stopped by ``--on-stall kill``: retried like a failure."""
+RESTART = "restart"
+"""Stopped by ``--on-stall restart``: started again at once, using up no retry."""
 
 HOST_MEMORY_CLASSES = frozenset({OOM_KILLED, MEMORY_OVERRUN})
 GPU_MEMORY_CLASSES = frozenset({CUDA_OOM, GPU_MEMORY_OVERRUN})
@@ -188,6 +192,8 @@ def decide(
     """
     if failure_class == CANCELLED:
         return None
+    if failure_class == RESTART:
+        return Retry(0.0, False, envelope, why, ("restarted after a stall",))
     if failure_class == TIMEOUT and policy.requeue and has_checkpoint:
         return Retry(0.0, False, envelope, why, ("resumes from its latest checkpoint",))
     if retries_used >= policy.retries:

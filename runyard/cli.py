@@ -93,10 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
                          help="send SIG that long before the time limit, e.g. USR1@5m, so the run can checkpoint")
     retries.add_argument("--requeue", action="store_true",
                          help="at the time limit, requeue a run that has a checkpoint instead of ending it")
+    checks = submit.add_argument_group("health")
+    checks.add_argument("--stall-timeout", metavar="DURATION",
+                        help="no heartbeat, no log output and no CPU use this long makes the run 'stalled'")
+    checks.add_argument("--on-stall", choices=("warn", "kill", "restart"), help="what a stall does (default warn)")
+    checks.add_argument("--health-cmd", metavar="CMD", help="a probe run with `sh -c` in the run's environment; exit 0 is healthy")
+    checks.add_argument("--health-interval", metavar="DURATION", help="between probes (default 30s)")
+    checks.add_argument("--health-retries", metavar="N", help="failures in a row that make the run unhealthy (default 3)")
+    checks.add_argument("--health-timeout", metavar="DURATION", help="a probe running longer fails (default 10s)")
+    checks.add_argument("--health-start-period", metavar="DURATION", help="failures this soon after the start do not count")
     order = submit.add_argument_group("order and schedule")
     order.add_argument("--after", action="append", metavar="ID[:ok|:any]",
                        help="start after run ID succeeded (:ok, the default) or ended at all (:any); repeatable")
     order.add_argument("--group", help="put the run in a group (a sweep); the circuit breaker counts per group")
+    order.add_argument("--at", metavar="TIME", help="not before TIME: 14:30, '2026-12-01 02:00', +2h")
+    order.add_argument("--cron", metavar="EXPR",
+                       help="queue a new run from this template on a crontab schedule, e.g. '0 2 * * *'")
     submit.add_argument("--json", action="store_true", help="print the run as JSON")
     submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
@@ -123,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     priority.add_argument("id")
     priority.add_argument("priority", type=int)
     priority.add_argument("--json", action="store_true")
+    schedules_cmd = commands.add_parser("schedules", help="list the --cron schedules")
+    schedules_cmd.add_argument("--json", action="store_true")
+    unschedule = commands.add_parser("unschedule", help="remove a --cron schedule")
+    unschedule.add_argument("id")
     retry_cmd = commands.add_parser("retry", help="requeue a run that ended, as a new attempt")
     retry_cmd.add_argument("id")
     retry_cmd.add_argument("--json", action="store_true")
@@ -163,6 +179,8 @@ def _client(home: Home) -> Client:
 
 
 def cmd_submit(home: Home, args: argparse.Namespace) -> int:
+    from engine.health import HealthPolicyError, policy_from_options
+
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -173,7 +191,12 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
                                   disk=args.disk, time=args.time, res=args.res)
         grace_s = parse_duration(args.grace) if args.grace is not None else DEFAULT_GRACE_S
         retry_policy = _retry_policy(args)
-    except (EnvelopeError, UnitError, RetryPolicyError) as error:
+        health_policy = policy_from_options(
+            stall_timeout=args.stall_timeout, on_stall=args.on_stall, health_cmd=args.health_cmd,
+            health_interval=args.health_interval, health_retries=args.health_retries,
+            health_timeout=args.health_timeout, health_start_period=args.health_start_period,
+        )
+    except (EnvelopeError, UnitError, RetryPolicyError, HealthPolicyError) as error:
         raise CliError(str(error), EXIT_BAD_INPUT) from None
     env = dict(os.environ)
     for item in args.env:
@@ -194,7 +217,12 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
         "retry": retry_policy,
         "after": _dependencies(args.after),
         "group": args.group,
+        "health": health_policy.to_dict() if health_policy else None,
     }
+    if args.at:
+        request["at"] = _start_time(args.at)
+    if args.cron:
+        return _schedule(home, args, request)
     if args.checkpoint_dir:
         request["checkpoint_dir"] = os.path.abspath(args.checkpoint_dir)
     try:
@@ -209,6 +237,50 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
         print(run["id"])
     if offline:
         print(f"runyard: queued run {run['id']}, but no engine is running: {NO_ENGINE_HINT}", file=sys.stderr)
+    return 0
+
+
+def _start_time(text: str) -> float:
+    from engine.schedules import ScheduleError, parse_at
+
+    try:
+        return parse_at(text, time.time())
+    except ScheduleError as error:
+        raise CliError(str(error), EXIT_BAD_INPUT) from None
+
+
+def _schedule(home: Home, args: argparse.Namespace, template: dict[str, Any]) -> int:
+    schedule = _engine_call(home, "schedule", template=template, cron=args.cron)
+    if args.json:
+        print(json.dumps(schedule, indent=2))
+    else:
+        print(f"schedule {schedule['id']}: next run at {_stamp(schedule['next_at'])}")
+    return 0
+
+
+def _stamp(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def cmd_schedules(home: Home, args: argparse.Namespace) -> int:
+    schedules = _engine_call(home, "schedules")
+    if args.json:
+        print(json.dumps(schedules, indent=2))
+        return 0
+    if not schedules:
+        print("no schedules")
+        return 0
+    for item in schedules:
+        last = f", last run {item['last_run_id']}" if item["last_run_id"] else ""
+        print(f"{item['id']}  {item['cron']:<15}  next {_stamp(item['next_at'])}{last}  {' '.join(item['argv'] or [])}")
+    return 0
+
+
+def cmd_unschedule(home: Home, args: argparse.Namespace) -> int:
+    if not args.id.isdigit():
+        raise CliError(f"{args.id!r} is not a schedule id (a number, as `runyard schedules` shows)", EXIT_BAD_INPUT)
+    removed = _engine_call(home, "unschedule", id=int(args.id))
+    print(f"schedule {removed['id']} removed; runs it queued stay")
     return 0
 
 
@@ -344,7 +416,7 @@ def cmd_ls(home: Home, args: argparse.Namespace) -> int:
 
 def _format_table(runs: list[dict[str, Any]]) -> str:
     now = time.time()
-    header = ("ID", "NAME", "STATE", "GPUS", "ENVELOPE", "TIME", "REASON")
+    header = ("ID", "NAME", "STATE", "GPUS", "ENVELOPE", "TIME", "PROGRESS", "HEALTH", "REASON")
     rows = [header]
     for run in runs:
         envelope = Envelope.from_dict(run["envelope"]).describe()
@@ -353,11 +425,25 @@ def _format_table(runs: list[dict[str, Any]]) -> str:
         else:
             elapsed = "-"
         gpus = ",".join(str(index) for index in run["gpus"]) or "-"
-        rows.append((str(run["id"]), run["name"], run["state"], gpus, envelope, elapsed, run["reason"]))
+        rows.append((str(run["id"]), run["name"], run["state"], gpus, envelope, elapsed,
+                     _progress_text(run, now), run.get("health") or "-", run["reason"]))
     widths = [max(len(row[col]) for row in rows) for col in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows
     )
+
+
+def _progress_text(run: dict[str, Any], now: float) -> str:
+    """``450/1000 eta 5m``, from the run's last heartbeat."""
+    progress = run.get("progress") or {}
+    step, total = progress.get("step"), progress.get("total")
+    if step is None:
+        return "-"
+    text = f"{step}/{total}" if total else str(step)
+    eta = progress.get("eta")
+    if run["state"] == "running" and isinstance(eta, (int, float)) and eta > now:
+        text += f" eta {format_duration(eta - now)}"
+    return text
 
 
 def _get_run(home: Home, run_id: str) -> dict[str, Any]:
@@ -382,15 +468,14 @@ def cmd_show(home: Home, args: argparse.Namespace) -> int:
         print(json.dumps(run, indent=2))
         return 0
     envelope = Envelope.from_dict(run["envelope"])
-    stamp = lambda at: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"  # noqa: E731
     fields = [
         ("id", run["id"]), ("name", run["name"]), ("state", run["state"]), ("reason", run["reason"]),
         ("command", " ".join(run["argv"])), ("cwd", run["cwd"]), ("envelope", envelope.describe()),
         ("priority", run["priority"]), ("held", "yes" if run["held"] else "no"),
         ("gpus", ",".join(map(str, run["gpus"])) or "-"), ("pid", run["pid"] or "-"),
         ("exit code", "-" if run["exit_code"] is None else run["exit_code"]),
-        ("submitted", stamp(run["submitted_at"])), ("started", stamp(run["started_at"])),
-        ("ended", stamp(run["ended_at"])), ("log", run["log_path"]),
+        ("submitted", _stamp(run["submitted_at"])), ("started", _stamp(run["started_at"])),
+        ("ended", _stamp(run["ended_at"])), ("log", run["log_path"]),
     ]
     if run.get("warning"):
         fields.insert(4, ("warning", run["warning"]))
@@ -398,6 +483,12 @@ def cmd_show(home: Home, args: argparse.Namespace) -> int:
         fields.insert(4, ("attempt", f"{run['attempt']} (automatic retries used {run['retries_used']} of {run['retries']})"))
     if run.get("checkpoint_dir"):
         fields.append(("checkpoints", run["checkpoint_dir"]))
+    if run.get("health"):
+        fields.insert(4, ("health", f"{run['health']}" + (f": {run['health_detail']}" if run.get("health_detail") else "")))
+    if run.get("progress"):
+        fields.insert(4, ("progress", _progress_text(run, time.time())))
+    if run.get("depends_on"):
+        fields.append(("after", ", ".join(f"{dep}:{kind}" for dep, kind in run["depends_on"])))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         print(f"{name.ljust(width)}  {value}")
@@ -536,6 +627,8 @@ COMMANDS = {
     "release": cmd_run_action,
     "priority": cmd_priority,
     "retry": cmd_run_action,
+    "schedules": cmd_schedules,
+    "unschedule": cmd_unschedule,
     "drain": cmd_drain,
     "undrain": cmd_drain,
     "status": cmd_status,

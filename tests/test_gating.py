@@ -125,3 +125,48 @@ def test_a_batch_is_queued_whole_or_not_at_all(rig, tmp_path) -> None:
     with pytest.raises(RequestError, match="run 2 of the batch: missing command"):
         engine.submit_many([good, dict(good, argv=[])], uid=None, user=None)
     assert len(engine.list_runs(include_finished=True)) == 2
+
+
+def test_a_cron_schedule_fires_at_an_injected_time_once_per_firing(rig, tmp_path) -> None:
+    import datetime
+
+    engine, launcher, clock, _ = rig
+    one_am = datetime.datetime(2026, 11, 24, 1, 0).timestamp()  # local time, as cron reads it
+    two_am = datetime.datetime(2026, 11, 24, 2, 0).timestamp()
+    clock.now = one_am
+    template = {"argv": ["/bin/true"], "cwd": str(tmp_path), "env": {}, "name": "nightly"}
+    schedule = engine.schedule(template, "0 2 * * *", uid=None, user=None)
+    assert schedule["next_at"] == pytest.approx(two_am)
+    assert engine.tick() == pytest.approx(two_am)  # the engine wakes for it
+    assert launcher.launches == []
+
+    clock.now = two_am
+    engine.tick()
+    clock.now = two_am + 30
+    engine.tick()
+    runs = engine.list_runs(include_finished=True)
+    assert [(run.name, run.schedule_id) for run in runs] == [("nightly", schedule["id"])]
+    assert engine.list_schedules()[0]["last_run_id"] == runs[0].id
+
+    # A restarted engine on the same database remembers what already fired.
+    again = type(engine)(engine.store, launcher, engine.host_probe, engine.gpu_probe, gpu_source="none",
+                         clock=clock, rng=engine.rng, boot_time=lambda: 0.0)
+    again.tick()
+    assert len(again.list_runs(include_finished=True)) == 1
+    clock.now = two_am + 86400
+    again.tick()
+    assert len(again.list_runs(include_finished=True)) == 2
+
+    again.unschedule(schedule["id"])
+    clock.now = two_am + 2 * 86400
+    again.tick()
+    assert len(again.list_runs(include_finished=True)) == 2 and again.list_schedules() == []
+
+
+def test_a_bad_cron_or_template_is_refused_at_once(rig, tmp_path) -> None:
+    engine, _, _, _ = rig
+    template = {"argv": ["/bin/true"], "cwd": str(tmp_path), "env": {}}
+    with pytest.raises(RequestError, match="cron"):
+        engine.schedule(template, "61 * * * *", uid=None, user=None)
+    with pytest.raises(RequestError, match="missing command"):
+        engine.schedule(dict(template, argv=[]), "0 2 * * *", uid=None, user=None)
