@@ -31,6 +31,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -48,7 +49,7 @@ from engine.units import UnitError, parse_duration
 log = logging.getLogger("runyard.alerts")
 
 STATE_EVENTS = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out", "retrying", "paused")
-HEALTH_EVENTS = ("health:starting", "health:healthy", "health:unhealthy", "health:stalled")
+HEALTH_EVENTS = ("health:starting", "health:healthy", "health:unhealthy", "health:stalled", "health:warning")
 EVENT_KINDS = STATE_EVENTS + HEALTH_EVENTS
 """Every kind of event runyard sends; a filter may also name a prefix (``health``)."""
 EVENT_PREFIXES = tuple(sorted({kind.split(":", 1)[0] for kind in EVENT_KINDS if ":" in kind}))
@@ -285,22 +286,29 @@ def run_command(command: str, body: bytes, event: Event, timeout_s: float) -> No
         "RUNYARD_EVENT_AT": repr(event.at),
         "RUNYARD_EVENT_TEXT": event.text,
     })
-    try:
-        process = subprocess.Popen(
-            _command_argv(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
-        )
-    except (OSError, ValueError) as error:
-        raise DeliveryError(f"cannot run it ({error})") from None
-    try:
-        output, _ = process.communicate(body, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(process.pid)
-        _finish(process)
-        raise DeliveryError(f"still running after {timeout_s:g}s; killed") from None
-    if process.returncode != 0:
-        text = output.decode("utf-8", errors="replace").strip()[-_COMMAND_OUTPUT_KEEP:]
-        raise DeliveryError(f"exit {process.returncode}" + (f": {text}" if text else ""))
+    # Files, not pipes, on both ends: a hook that leaves something running in the
+    # background (holding its output) is done when it exits, not when that ends.
+    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as output:
+        stdin.write(body)
+        stdin.seek(0)
+        try:
+            process = subprocess.Popen(_command_argv(command), stdin=stdin, stdout=output, stderr=subprocess.STDOUT,
+                                       env=env, start_new_session=True)
+        except (OSError, ValueError) as error:
+            raise DeliveryError(f"cannot run it ({error})") from None
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(process.pid)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass  # SIGKILLed; only an uninterruptible sleep keeps it
+            raise DeliveryError(f"still running after {timeout_s:g}s; killed") from None
+        if process.returncode != 0:
+            output.seek(max(0, os.fstat(output.fileno()).st_size - 4 * _COMMAND_OUTPUT_KEEP))
+            text = output.read().decode("utf-8", errors="replace").strip()[-_COMMAND_OUTPUT_KEEP:]
+            raise DeliveryError(f"exit {process.returncode}" + (f": {text}" if text else ""))
 
 
 def _command_argv(command: str) -> list[str]:
@@ -319,20 +327,6 @@ def _kill_group(group_id: int) -> None:
     try:
         os.killpg(group_id, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _finish(process: subprocess.Popen[bytes]) -> None:
-    """Reap a killed hook without waiting on pipes that an escaped child may hold."""
-    for stream in (process.stdin, process.stdout):
-        try:
-            if stream is not None:
-                stream.close()
-        except OSError:
-            pass
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
         pass
 
 

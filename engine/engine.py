@@ -327,9 +327,11 @@ class Engine:
             trail.steps.append((now, beat.get("step")))
             progress["eta"] = _eta(trail.steps, beat.get("total"), now)
             self.store.update(run.id, RunState.RUNNING, progress=progress)
-        findings = self._findings(run, trail, beat, now)
-        for finding in findings:
-            self._add_warning(run, finding, now)
+        if now - trail.findings_at >= FINDINGS_INTERVAL_S:
+            # Reading log tails and free space costs I/O: every few samples is enough.
+            trail.findings_at = now
+            for finding in self._findings(run, trail, beat, now):
+                self._add_warning(self.store.get(run.id) or run, finding, now)
         policy_now = health.HealthPolicy.from_dict(run.health_policy) if run.health_policy else None
         if policy_now is None or policy_now.stall_timeout_s is None or run.stop_request is not None:
             return False
@@ -370,10 +372,18 @@ class Engine:
         return findings
 
     def _add_warning(self, run: Run, finding: str, now: float) -> None:
-        if run.warning and finding in run.warning:
+        """Keep one warning per kind of finding: a finding that rewords itself as it
+        develops ("in about 6m", then "5m") replaces its older text, and alerts once."""
+        parts = run.warning.split("; ") if run.warning else []
+        kind = health.finding_kind(finding)
+        same = [index for index, part in enumerate(parts) if health.finding_kind(part) == kind]
+        if same and parts[same[0]] == finding:
             return
-        text = f"{run.warning}; {finding}" if run.warning else finding
-        if self.store.update(run.id, RunState.RUNNING, warning=text):
+        if same:
+            parts[same[0]] = finding
+        else:
+            parts.append(finding)
+        if self.store.update(run.id, RunState.RUNNING, warning="; ".join(parts)) and not same:
             log.warning("run %s: %s", run.id, finding)
             self.emit({"kind": "health:warning", "run_id": run.id, "at": now, "reason": finding})
 
@@ -1004,6 +1014,7 @@ def _outcome(run: Run, observation: Observation) -> tuple[RunState, str, str | N
     return RunState.FAILED, how, retry.EXIT
 
 
+FINDINGS_INTERVAL_S = 15.0
 TRAIL_S = 15 * 60.0
 """How much recent usage each running run keeps in memory for trend checks."""
 
@@ -1017,6 +1028,7 @@ class _Trail:
     steps: deque = field(default_factory=lambda: deque(maxlen=64))
     last_busy_at: float | None = None
     """When its processes last used CPU: a run that computes without printing is alive."""
+    findings_at: float = float("-inf")
 
     def add(self, now: float, usage: RunUsage, gpus: tuple[int, ...]) -> None:
         self.rss.append((now, usage.rss_bytes))

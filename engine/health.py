@@ -536,6 +536,34 @@ def _flatten(metrics: Mapping[str, Any], prefix: str) -> Iterable[tuple[str, Any
             yield name, value
 
 
+_FINDING_KINDS = (
+    ("memory grows ", "memory_trend"),
+    ("CUDA out of memory", "cuda_oom"),
+    ("NCCL error: ", "nccl"),
+    ("traceback at the end of the log: ", "traceback"),
+)
+
+
+def finding_kind(finding: str) -> str:
+    """A stable key for a finding whose words change as it develops (``memory grows
+    120M/min ... in about 6m``, then ``... in about 5m``; ``GPU idle ... for 16m``, then
+    ``17m``): keep one finding per kind, replacing the older text, instead of piling up
+    a new warning (and alert) each sample."""
+    for prefix, kind in _FINDING_KINDS:
+        if finding.startswith(prefix):
+            return kind
+    idle = re.match(r"(GPU(?: \S+)?) idle \(", finding)
+    if idle:
+        return f"gpu_idle:{idle.group(1)}"
+    full = re.match(r"(.+) almost full: ", finding)
+    if full:
+        return f"disk_full:{full.group(1)}"
+    metric = re.match(r"(.+) is (?:NaN|infinite)$", finding)
+    if metric:
+        return f"metric:{metric.group(1)}"
+    return finding
+
+
 def _about(seconds: float) -> str:
     """A duration as a person would say it: seconds under two minutes, else minutes."""
     if seconds < 120:

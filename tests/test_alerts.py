@@ -386,6 +386,26 @@ def test_a_hanging_command_is_killed_at_its_timeout(tmp_path, notifiers, caplog)
     poll_until(ended, "the hook's shell to be killed")
 
 
+def test_a_command_that_leaves_something_running_is_done_when_it_exits(tmp_path, notifiers, caplog) -> None:
+    pid_file = tmp_path / "pid"
+    out = tmp_path / "event.json"
+    notifier = make(notifiers, command=f"sleep 60 & echo $! > {pid_file}; cat > {out}", timeout_s=10)
+    try:
+        with caplog.at_level(logging.WARNING, logger="runyard.alerts"):
+            notifier.notify(failed())
+            started = time.monotonic()
+            assert notifier.close(timeout_s=DEADLINE_S)
+        assert time.monotonic() - started < 8  # not held until its timeout by the leftover
+        assert json.loads(out.read_text())["kind"] == "failed"
+        assert [record for record in caplog.records if record.name == "runyard.alerts"] == []
+    finally:
+        if pid_file.exists():
+            try:
+                psutil.Process(int(pid_file.read_text())).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
 def test_a_missing_program_is_logged(notifiers, caplog) -> None:
     notifier = make(notifiers, command="/no/such/runyard-hook", retries=0)
     with caplog.at_level(logging.WARNING, logger="runyard.alerts"):

@@ -20,6 +20,7 @@ from engine.health import (
     disk_almost_full,
     disk_space,
     fatal_log_lines,
+    finding_kind,
     gpu_idle,
     is_stalled,
     last_activity,
@@ -375,3 +376,22 @@ def test_metric_problems_reads_json_spellings_of_nan_and_infinity() -> None:
         "other is infinite",
     ]
     assert metric_problems({"loss": 0.3}) == [] and metric_problems(None) == []
+
+
+def test_a_finding_keeps_its_kind_while_its_words_change() -> None:
+    envelope = 16 * G
+    rate = 120 * M / 60
+    earlier = memory_trend(series(T0, rate, base=16 * G - 1.2 * G - rate * 290), envelope, horizon_s=900)
+    later = memory_trend(series(T0, rate, base=16 * G - 0.6 * G - rate * 290), envelope, horizon_s=900)
+    assert earlier != later and finding_kind(earlier) == finding_kind(later) == "memory_trend"
+    idle = gpu_series([0] * 30)
+    assert finding_kind(gpu_idle(idle[:20], held=True, idle_after_s=60)) == "gpu_idle:GPU"
+    assert finding_kind(gpu_idle(idle, held=True, idle_after_s=60)) == "gpu_idle:GPU"
+    assert finding_kind(gpu_idle(idle, held=True, idle_after_s=60, label="GPU 2")) == "gpu_idle:GPU 2"
+    assert finding_kind(disk_almost_full(800 * M, 500 * G)) == "disk_full:checkpoint disk"
+    assert [finding_kind(f) for f in metric_problems({"loss": "nan", "grad_norm": "inf"})] == [
+        "metric:loss", "metric:grad_norm"]
+    assert [finding_kind(f) for f in fatal_log_lines(TRACEBACK + b"CUDA out of memory\n")] == [
+        "cuda_oom", "traceback"]
+    assert finding_kind(fatal_log_lines(b"ncclSystemError: x\n")[0]) == "nccl"
+    assert finding_kind("something new") == "something new"

@@ -131,3 +131,11 @@ def test_at_delays_a_run(yard):
     assert run["state"] == "queued" and run["reason"].startswith("waiting: scheduled for ")
     bad = yard.cli("submit", "--at", "someday", "--", "true", check=False)
     assert bad.returncode == 2
+
+
+def test_fatal_lines_in_the_log_become_a_warning(yard):
+    yard.start_daemon()
+    run_id = yard.submit("--", "sh", "-c", "echo 'RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB'; "
+                         "sleep 600")
+    run = poll_until(lambda: (r := yard.run(run_id))["warning"] and r, message="a warning from the log")
+    assert "CUDA out of memory" in run["warning"] and run["state"] == "running"
