@@ -426,7 +426,8 @@ def _format_table(runs: list[dict[str, Any]]) -> str:
             elapsed = "-"
         gpus = ",".join(str(index) for index in run["gpus"]) or "-"
         rows.append((str(run["id"]), run["name"], run["state"], gpus, envelope, elapsed,
-                     _progress_text(run, now), run.get("health") or "-", run["reason"]))
+                     _progress_text(run, now), (run.get("health") if run["state"] == "running" else None) or "-",
+                     run["reason"]))
     widths = [max(len(row[col]) for row in rows) for col in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows
@@ -483,7 +484,7 @@ def cmd_show(home: Home, args: argparse.Namespace) -> int:
         fields.insert(4, ("attempt", f"{run['attempt']} (automatic retries used {run['retries_used']} of {run['retries']})"))
     if run.get("checkpoint_dir"):
         fields.append(("checkpoints", run["checkpoint_dir"]))
-    if run.get("health"):
+    if run.get("health") and run["state"] == "running":
         fields.insert(4, ("health", f"{run['health']}" + (f": {run['health_detail']}" if run.get("health_detail") else "")))
     if run.get("progress"):
         fields.insert(4, ("progress", _progress_text(run, time.time())))
