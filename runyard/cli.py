@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry_cmd = commands.add_parser("retry", help="requeue a run that ended, as a new attempt")
     retry_cmd.add_argument("id")
     retry_cmd.add_argument("--json", action="store_true")
+    simulate = commands.add_parser(
+        "simulate", add_help=False,
+        help="replay a trace of runs through runyard's admission on a simulated box (`runyard simulate --help`)",
+    )
+    simulate.add_argument("rest", nargs=argparse.REMAINDER)
     commands.add_parser("drain", help="admit nothing new; running runs go on")
     commands.add_parser("undrain", help="admit runs again")
     status = commands.add_parser("status", help="the engine and the box's resources")
@@ -260,6 +265,12 @@ def _schedule(home: Home, args: argparse.Namespace, template: dict[str, Any]) ->
 
 def _stamp(at: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def _simulate(argv: list[str]) -> int:
+    from runyard.simulate_cmd import main as simulate_main
+
+    return simulate_main(argv)
 
 
 def cmd_schedules(home: Home, args: argparse.Namespace) -> int:
@@ -629,6 +640,7 @@ COMMANDS = {
     "priority": cmd_priority,
     "retry": cmd_run_action,
     "schedules": cmd_schedules,
+    "simulate": lambda home, args: _simulate(args.rest),
     "unschedule": cmd_unschedule,
     "drain": cmd_drain,
     "undrain": cmd_drain,
