@@ -555,7 +555,10 @@ class Engine:
         again = None
         if state is not RunState.SUCCEEDED and failure_class is not None:
             again = self._retry_decision(run, failure_class, fields.get("exit_code"), reason)
-        self._feed_breaker(run, state, failure_class, reason, now)
+        if again is None or again.counts_as_retry:
+            # A requeue at the time limit (or a health restart) is a planned end of a slot,
+            # not a failure: it must not count toward pausing the run's group.
+            self._feed_breaker(run, state, failure_class, reason, now)
         if again is None:
             self.store.end_attempt(run, state, reason, now=now, record=record, failure_class=failure_class, **fields)
             return
