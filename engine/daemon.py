@@ -367,6 +367,14 @@ class Server:
             self.wake()
             return [run.to_json() for run in runs]
         if op == "ls":
+            if args.get("limit") is not None:
+                # A page of every run, by id: a big list comes in several answers, so no
+                # single one holds the loop (or a client decoding it) for long.
+                after_id, limit = args.get("after_id", 0), args.get("limit")
+                if any(isinstance(value, bool) or not isinstance(value, int) for value in (after_id, limit)) \
+                        or after_id < 0 or not 1 <= limit <= 10_000:
+                    raise protocol.RequestError("ls: after_id must be a run id (0 or more) and limit 1 to 10000")
+                return [run.to_json() for run in sql.list_runs(engine.store.conn, after_id=after_id, limit=limit)]
             return [run.to_json() for run in engine.list_runs(include_finished=bool(args.get("all")))]
         if op == "show":
             return engine.describe(args.get("id"))

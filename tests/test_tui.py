@@ -1,4 +1,5 @@
-"""The interface against a scripted engine: real widgets, real key presses, no terminal."""
+"""The interface against a scripted engine: real widgets, real key presses, no terminal;
+and the pure parts (formatting, charts, the filter, the submit form's parsing, themes)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,19 @@ import pytest
 from textual.notifications import Notify
 
 from engine.client import ClientError, DaemonUnavailable
+from tui import charts
 from tui import format as fmt
 from tui.app import RunyardApp
 from tui.colors import solid_color
+from tui.filtering import RunFilter
 from tui.poll import UNREACHABLE_HINT
+from tui.request import FormError, SubmitForm, build_request, check_field
+from tui.settings import load_settings
 from tui.themes import DEFAULT_THEME, ThemeFileError, load_theme_file, load_themes
 from tui.widgets.banner import Banner
 from tui.widgets.queue_table import QueueTable
 from tui.widgets.resources import ResourcesPanel
-from tui.widgets.run_detail import RunDetail
+from tui.widgets.run_line import RunLine
 
 NOW = 1_700_000_000.0
 GIB = 1 << 30
@@ -78,6 +83,7 @@ class FakeClient:
         self.active = active if active is not None else copy.deepcopy(ACTIVE)
         self.finished = finished if finished is not None else copy.deepcopy(FINISHED)
         self.error: Exception | None = None
+        self.history: list | None = None
         self.calls: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
 
@@ -91,7 +97,9 @@ class FakeClient:
             return copy.deepcopy(self.status)
         if op == "ls":
             return copy.deepcopy(self.active + (self.finished if args.get("all") else []))
-        raise ClientError(f"unknown op {op}", 2)
+        if op == "history" and self.history is not None:
+            return copy.deepcopy(self.history)
+        raise ClientError(f"unknown request {op!r}", 2)
 
     def count(self, op: str, **args: Any) -> int:
         with self._lock:
@@ -139,13 +147,13 @@ async def test_first_poll_fills_table_panel_and_header():
         assert cell_text(app, 1, "state") == "running"
         assert cell_text(app, 1, "reason") == "2m5s of 1h"
         assert cell_text(app, 2, "reason") == "waiting: needs 1 GPU with 40G free, none has room"
-        assert cell_text(app, 1, "gpus") == "0"
+        assert cell_text(app, 1, "health") == "-"
         assert client.count("ls", all=False) >= 1
 
         await wait_for(pilot, lambda: len(panel_lines(app)) == 4, "the panel laid out for two GPUs")
         lines = panel_lines(app)
         gpu0 = next(line for line in lines if line.startswith("GPU0"))
-        assert "A100-SXM4-80GB" in gpu0 and "30G/80G" in gpu0 and "util  70%" in gpu0 and "run 1" in gpu0
+        assert "A100-SXM4-8" in gpu0 and "30G/80G" in gpu0 and "util  70%" in gpu0 and "run 1" in gpu0
         gpu1 = next(line for line in lines if line.startswith("GPU1"))
         assert "unavailable: lost: Xid 79" in gpu1
         assert "16G/64G" in lines[0] and "200G free" in lines[0] and "25% of 8" in lines[0]
@@ -205,7 +213,7 @@ async def test_detail_line_describes_highlighted_run_in_full():
     app = make_app(FakeClient())
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.query_one(QueueTable).row_count == 2, "rows")
-        detail = app.query_one(RunDetail)
+        detail = app.query_one(RunLine)
         assert "#1 run-1" in str(detail.render()) and "started 2m5s ago" in str(detail.render())
         await pilot.press("down")
         await wait_for(pilot, lambda: "#2" in str(detail.render()), "detail of run 2")
@@ -244,7 +252,7 @@ async def test_r_polls_now_and_table_updates_in_place_keeping_cursor():
             make_run(4, "running", gpus=[0], started_at=NOW - 5),
             make_run(2, "running", gpus=[0], started_at=NOW - 1),
         ]
-        await pilot.press("r")
+        await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: row_ids(app) == ["1", "4", "2"], "the new queue")
         assert client.count("status") > polls
         assert cell_text(app, 2, "state") == "running"
@@ -274,7 +282,7 @@ async def test_engine_gone_after_data_keeps_last_figures():
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: row_ids(app) == ["1", "2"], "rows")
         client.error = DaemonUnavailable("daemon closed the connection without answering")
-        await pilot.press("r")
+        await pilot.press("ctrl+r")
         banner = app.query_one(Banner)
         await wait_for(pilot, lambda: banner.display, "the banner")
         assert row_ids(app) == ["1", "2"]
@@ -292,13 +300,13 @@ async def test_refused_request_and_garbage_answers_do_not_crash():
 
         client.error = None
         client.status = ["not", "a", "status"]
-        await pilot.press("r")
+        await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: "could not be read" in banner.text, "the garbage noticed")
 
         # A status with missing parts and a run with odd fields still render.
         client.status = {"engine": {}, "gpus": [{"index": 0}]}
         client.active = [{"id": 9, "state": "mystery", "envelope": {"cpus": -1}}, {"id": 9, "state": "queued"}]
-        await pilot.press("r")
+        await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: row_ids(app) == ["9"], "the odd run")
         assert cell_text(app, 9, "state") == "mystery"
         assert not banner.display
@@ -525,3 +533,221 @@ def test_counts_and_exit_text():
     assert fmt.holders_text([]) == "idle"
     assert fmt.holders_text([4, 7], max_width=10) == "runs 4,7"
     assert fmt.holders_text([100, 101, 102], max_width=10) == "3 runs"
+
+
+# --- the queue: change detection, sorting, filtering, the "all runs" cache --------
+
+async def test_a_refresh_with_the_same_queue_writes_no_row_and_a_change_writes_one():
+    client = FakeClient(active=[make_run(i, "queued", reason=f"waiting: {i}") for i in range(1, 31)])
+    app = make_app(client)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one(QueueTable)
+        await wait_for(pilot, lambda: table.row_count == 30, "thirty rows")
+        polls = client.count("status")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: client.count("status") > polls and table.rows_written == 0, "an idle refresh")
+        client.active[4]["reason"] = "waiting: something else"
+        polls = client.count("status")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: cell_text(app, 5, "reason") == "waiting: something else", "the change")
+        assert table.rows_written == 1
+
+
+async def test_s_cycles_the_sort_and_a_header_click_sorts_by_that_column():
+    runs = [make_run(1, "queued", name="zeta", submitted_at=NOW - 30),
+            make_run(2, "queued", name="alpha", priority=5, submitted_at=NOW - 10),
+            make_run(3, "queued", name="mid", submitted_at=NOW - 20)]
+    app = make_app(FakeClient(active=runs))
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one(QueueTable)
+        # Queue order is admission order: priority first, then first come, first served.
+        await wait_for(pilot, lambda: row_ids(app) == ["2", "1", "3"], "queue order")
+        await pilot.press("s")
+        assert row_ids(app) == ["1", "2", "3"] and table.sorting.key == "id"
+        await pilot.press("s")
+        assert row_ids(app) == ["2", "3", "1"] and "sort: name" in str(table.border_subtitle)
+        await pilot.click(QueueTable, offset=(8, 1))  # the NAME header: same column again reverses
+        await wait_for(pilot, lambda: row_ids(app) == ["1", "3", "2"], "name, reversed")
+
+
+async def test_slash_filters_as_you_type_and_escape_clears():
+    runs = [make_run(1, "running", name="bert-large", started_at=NOW - 5, user="alice"),
+            make_run(2, "queued", name="resnet", user="bob"),
+            make_run(3, "queued", name="bert-small", user="bob", held=True)]
+    app = make_app(FakeClient(active=runs))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: len(row_ids(app)) == 3, "rows")
+        await pilot.press("slash")
+        await pilot.press(*"bert")
+        await wait_for(pilot, lambda: row_ids(app) == ["1", "3"], "the bert runs")
+        assert "filter “bert”: 2 of 3" in str(app.query_one(QueueTable).border_subtitle)
+        await pilot.press(" ", *"user:bob")
+        await wait_for(pilot, lambda: row_ids(app) == ["3"], "bob's bert run")
+        await pilot.press("enter")
+        assert app.focused is app.query_one(QueueTable)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: len(row_ids(app)) == 3, "every run again")
+        assert not app.screen.query_one("#filter").display
+
+
+async def test_all_runs_reads_the_finished_runs_once_then_keeps_them():
+    finished = [make_run(100 + i, "succeeded", exit_code=0, ended_at=NOW - 1000 + i) for i in range(50)]
+    status = make_status()
+    status["counts"] = {"running": 1, "queued": 1, "succeeded": 50}
+    client = FakeClient(status=status, finished=finished)
+    app = make_app(client)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: len(row_ids(app)) == 2, "active runs")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: len(row_ids(app)) == 52, "every run")
+        assert client.count("ls", all=True) == 1
+        for _ in range(3):
+            polls = client.count("status")
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: client.count("status") > polls, "a poll")
+        await pilot.pause()
+        assert client.count("ls", all=True) == 1, "an unchanged count must not re-read every run"
+        # A run ends and the counts move: it arrives with the short list (the 20 most
+        # recently ended), and the cache still agrees with the counts.
+        client.active = [client.active[1]]
+        client.finished.append(make_run(1, "failed", exit_code=1, ended_at=NOW))
+        client.status["counts"] = {"running": 0, "queued": 1, "succeeded": 50, "failed": 1}
+        original_call = client.call
+
+        def call(op: str, **args: Any) -> Any:
+            answer = original_call(op, **args)
+            if op == "ls" and not args.get("all"):
+                answer.append(copy.deepcopy(client.finished[-1]))
+            return answer
+
+        client.call = call  # type: ignore[method-assign]
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: cell_text(app, 1, "state") == "failed", "the run that ended")
+        assert client.count("ls", all=True) == 1
+
+
+async def test_gpu_held_by_another_user_and_history_sparklines():
+    status = make_status()
+    status["gpus"][0]["processes"] = [{"pid": 1, "used_mem": GIB, "run_id": 1, "user": "alice"},
+                                      {"pid": 2, "used_mem": GIB, "run_id": None, "user": "bob"}]
+    client = FakeClient(status=status)
+    client.history = [
+        {"at": NOW - 60 + i, "cpu_percent": 10.0 * i, "mem_used_bytes": GIB, "mem_total_bytes": 64 * GIB,
+         "disk_free_bytes": 200 * GIB, "gpus": [{"index": 0, "util_percent": 100.0 if i % 2 else 0.0}]}
+        for i in range(6)
+    ]
+    app = make_app(client)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: any("▁█▁█" in line for line in panel_lines(app)), "GPU0's sparkline")
+        gpu0 = next(line for line in panel_lines(app) if line.startswith("GPU0"))
+        assert "run 1 +bob" in gpu0
+
+
+# --- themes, settings ----------------------------------------------------------------
+
+def test_repository_ships_a_dark_a_light_and_a_high_contrast_theme():
+    loaded = load_themes()
+    assert not loaded.problems
+    by_name = {theme.name: theme for theme in loaded.themes}
+    assert {"runyard-dark", "runyard-light", "runyard-contrast"} <= set(by_name)
+    assert by_name["runyard-dark"].dark and not by_name["runyard-light"].dark
+    assert by_name["runyard-contrast"].background.lower() == "#000000"
+
+
+async def test_theme_from_the_settings_file_and_a_flag_that_overrides_it(tmp_path: Path):
+    settings = tmp_path / "tui.toml"
+    settings.write_text('theme = "runyard-light"\n')
+    app = make_app(FakeClient(), settings_path=settings)
+    async with app.run_test(size=(80, 24)):
+        assert app.theme == "runyard-light"
+    app = make_app(FakeClient(), settings_path=settings, theme_name="runyard-contrast")
+    async with app.run_test(size=(80, 24)):
+        assert app.theme == "runyard-contrast"
+
+
+def test_a_broken_settings_file_is_reported_not_fatal(tmp_path: Path):
+    path = tmp_path / "tui.toml"
+    path.write_text("theme = 3\n")
+    settings, problem = load_settings(path)
+    assert settings.theme is None and "theme must be a name" in problem
+    path.write_text('colour = "x"\n')
+    assert "unknown key 'colour'" in load_settings(path)[1]
+    assert load_settings(tmp_path / "missing.toml") == (load_settings(tmp_path / "missing.toml")[0], None)
+
+
+# --- pure parts ----------------------------------------------------------------------
+
+def test_sparkline_scales_to_the_ceiling_not_to_the_data():
+    assert charts.sparkline([97.0, 97.0, 97.0], 3, 100.0) == "███"
+    assert charts.sparkline([2.0, 2.0], 2, 100.0) == "▁▁"
+    assert charts.sparkline([None, 50.0], 4, 100.0) == "   ▄"
+    # More samples than cells: each cell shows its bucket's peak.
+    assert charts.sparkline([0.0, 100.0, 0.0, 0.0], 2, 100.0) == "█▁"
+
+
+def test_column_chart_and_limit_row():
+    assert charts.columns([100.0, 50.0, None], 3, 2, 100.0) == ["█  ", "██ "]
+    assert charts.level_row(50.0, 4, 100.0) == 2
+    assert charts.level_row(150.0, 4, 100.0) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "matching"),
+    [("bert", [1, 3]), ("state:queued", [2, 3]), ("-state:queued", [1]), ("user:bob", [2, 3]),
+     ("state:held", [3]), ("gpu:0", [1]), ("id:2", [2]), ("bert user:bob", [3]), ("", [1, 2, 3]),
+     ("train.py", [1, 2, 3])],
+)
+def test_filter_words(text: str, matching: list[int]):
+    runs = [make_run(1, "running", name="bert-large", gpus=[0], user="alice"),
+            make_run(2, "queued", name="resnet", user="bob"),
+            make_run(3, "queued", name="bert-small", user="bob", held=True)]
+    assert [run["id"] for run in runs if RunFilter(text).matches(run)] == matching
+
+
+def test_form_is_read_by_the_cli_parsers(tmp_path: Path):
+    form = SubmitForm(command="python train.py --lr '1e-3'", cwd=str(tmp_path), mem="16G", gpus="1",
+                      gpu_mem="10G", time="1h30m", priority="5", env={"A": "1"})
+    request = build_request(form)
+    assert request["argv"] == ["python", "train.py", "--lr", "1e-3"]
+    assert request["envelope"] == {"mem_bytes": 16 * GIB, "gpus": 1, "gpu_mem_bytes": 10 * GIB, "time_limit_s": 5400.0}
+    assert request["priority"] == 5 and request["cwd"] == str(tmp_path) and request["env"] == {"A": "1"}
+    # Same words as `runyard submit --mem 512`.
+    assert check_field("mem", "512") == "size '512' has no unit: write e.g. 512M or 512G"
+    assert check_field("time", "90") .startswith("duration '90' has no unit")
+    assert check_field("gpu_mem", "10G") is None  # needs --gpus, judged with the whole form
+    with pytest.raises(FormError) as raised:
+        build_request(SubmitForm(command="x", cwd=str(tmp_path), gpu_mem="10G"))
+    assert raised.value.field == "gpu_mem" and "needs --gpus" in str(raised.value)
+    assert check_field("command", "python 'oops") == "cannot read the command: No closing quotation"
+    assert check_field("cwd", str(tmp_path / "nope")).endswith("is not a directory")
+
+
+def test_health_attempts_eta_and_command_texts():
+    assert fmt.health_text(make_run(1, "running", health="healthy")) == "ok"
+    assert fmt.health_text(make_run(1, "running", health="healthy", warning="GPU idle 15m")) == "warning"
+    assert fmt.health_text(make_run(1, "running", health="stalled", warning="x")) == "stalled"
+    assert fmt.health_text(make_run(1, "running")) == "-"
+    assert fmt.health_text(make_run(1, "failed", health="unhealthy")) == ""
+    assert fmt.attempts_text(make_run(1, "queued", attempts=2, retries=3)) == "2/4"
+    assert fmt.attempts_text(make_run(1, "queued")) == "-"
+    assert fmt.time_or_reason(make_run(1, "running", started_at=NOW - 60, eta=NOW + 2700), NOW) == "1m of 1h · eta 45m"
+    assert fmt.command_text(make_run(1, "queued", argv=["python", "-c", "a\nb"])) == "python -c 'a↵b'"
+    assert fmt.holders_text([3], 10, ["bob", "bob"]) == "run 3 +bob"
+    assert fmt.holders_text([], 10, ["carol"]) == "carol"
+    assert fmt.holders_text([1, 2, 3], 10, ["bob", "eve"]) == "3 runs +2 users"
+
+
+def test_every_key_of_the_screens_is_in_the_readme():
+    from tui.screens.dashboard import DashboardScreen
+    from tui.screens.run_detail import RunDetailScreen
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### The TUI"):readme.index("### Configuration")]
+    names = {"slash": "/", "question_mark": "?"}
+    bindings = [*DashboardScreen.BINDINGS, *RunDetailScreen.BINDINGS, *RunyardApp.BINDINGS]
+    for binding in bindings:
+        key = binding.key.split(",")[0]
+        if key.isdigit():
+            continue  # the tabs, "1…5"
+        shown = names.get(key, key)
+        assert f"`{shown}`" in section, f"key {shown!r} ({binding.description}) is not in the README's TUI keys"

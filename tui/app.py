@@ -1,54 +1,80 @@
-"""The runyard interface: the box's resources and the queue, updated live.
+"""The runyard interface: the box's resources and the queue, updated live, and every
+action on a run from the keyboard, the mouse or the command palette.
 
-The app is handed a client (the daemon's socket client, or an embedded engine behind
-the same ``call`` interface); it polls in a worker thread and never blocks the screen.
+The app is handed a client (the daemon's socket client, or :class:`engine.inprocess.
+InProcessClient` on an embedded engine) and talks to the engine only through its
+``call``, always from worker threads: the screen never waits on the engine. It owns
+the polling, the requests and quitting; the screens own what is drawn.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
 from textual import work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.content import Content
+from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, HelpPanel
+from textual.widgets import HelpPanel
 from textual.worker import Worker, get_current_worker
 
 from tui import format as fmt
-from tui.poll import EngineClient, EngineView, PollFailed, ViewPolled, describe_failure, fetch_view
+from tui.commands import RunCommands
+from tui.poll import EngineClient, EngineView, PollFailed, Poller, ViewPolled, describe_failure, is_unknown_op
+from tui.screens.dashboard import DashboardScreen
+from tui.screens.dialogs import HandoverAnswer, HandoverScreen
+from tui.screens.run_detail import RunDetailScreen
+from tui.screens.submit import SubmitScreen
+from tui.settings import load_settings
 from tui.themes import THEMES_DIR, choose_theme, register_themes
-from tui.widgets.banner import Banner
-from tui.widgets.queue_table import QueueTable
-from tui.widgets.resources import ResourcesPanel
-from tui.widgets.run_detail import RunDetail
 
 POLL_INTERVAL_S = 1.0
 
 
-class RunyardApp(App[None]):
-    """Resources and queue of one runyard engine.
+class EngineSession(Protocol):
+    """How the app may end an embedded engine at quit (see ``runyard.tui_launch``)."""
+
+    embedded: bool
+
+    def hand_over(self) -> str:
+        """Stop the embedded engine and start a background daemon on the same home;
+        returns one line to print after the interface closes."""
+
+    def leave(self) -> str:
+        """Stop the embedded engine; runs stay in the database. Returns one line to print."""
+
+
+class RunyardApp(App[str | None]):
+    """Resources, queue and runs of one runyard engine.
 
     Args:
         client: Anything with ``call(op, **args)`` answering like :class:`engine.client.Client`.
         title_suffix: A word or two after the title, e.g. ``"embedded engine"``.
         clock: Source of "now" for run times; injected so screenshots are reproducible.
-        theme_name: Theme to start with; default ``runyard-dark``.
+        theme_name: Theme to start with (``--theme``); else the TUI settings file's, else
+            ``runyard-dark``.
         hostname: Shown in the header when the engine does not report one.
         poll_interval_s: Seconds between polls.
         themes_dir: Where the ``*.toml`` themes are read from.
+        session: The embedded engine, when there is one: quitting offers to hand its
+            runs over to a background daemon.
+        settings_path: The TUI settings file (``tui.toml``); ``None`` for the default.
+        log_poll_interval_s: How often an open log checks its file for new output.
     """
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).parent / "app.tcss"
+    """Absolute: a subclass in another folder (a benchmark, a test) must still find it."""
     TITLE = "runyard"
+    COMMANDS = App.COMMANDS | {RunCommands}
     BINDINGS = [
         Binding("q", "quit", "Quit"),
-        Binding("r", "refresh_now", "Refresh"),
-        Binding("a", "toggle_all", "All runs"),
+        Binding("ctrl+r,f5", "refresh_now", "Refresh", show=False),
         Binding("question_mark", "toggle_help", "Keys", key_display="?"),
     ]
 
@@ -62,41 +88,57 @@ class RunyardApp(App[None]):
         hostname: str | None = None,
         poll_interval_s: float = POLL_INTERVAL_S,
         themes_dir: Path = THEMES_DIR,
+        session: EngineSession | None = None,
+        settings_path: Path | None = None,
+        log_poll_interval_s: float = 0.5,
     ) -> None:
         super().__init__()
-        self._client = client
-        self._clock = clock
+        self.client = client
+        self.clock = clock
+        self.session = session
+        self._poller = Poller(client)
         self._hostname = hostname or socket.gethostname()
         self._poll_interval_s = poll_interval_s
+        self._log_poll_interval_s = log_poll_interval_s
         self._show_all = False
         self._poll_worker: Worker | None = None
-        self._view: EngineView | None = None
+        self._quitting = False
+        self._select_after_poll: Any = None
+        self.last_view: EngineView | None = None
         self.title = _title(title_suffix)
         self.sub_title = f"{self._hostname} · connecting…"
         self._notes = register_themes(self, themes_dir)
-        theme, note = choose_theme(self, theme_name)
+        settings, problem = load_settings(settings_path)
+        if problem:
+            self._notes.append(problem)
+        theme, note = choose_theme(self, theme_name or settings.theme)
         self.theme = theme
         if note:
             self._notes.append(note)
+
+    # ------------------------------------------------------------ properties
 
     @property
     def show_all(self) -> bool:
         """Whether finished runs are listed too."""
         return self._show_all
 
-    def compose(self) -> ComposeResult:
-        yield Header(icon="▞")
-        yield Banner(id="banner")
-        yield ResourcesPanel(id="resources")
-        yield QueueTable(id="queue")
-        yield RunDetail(id="detail")
-        yield Footer()
+    @property
+    def last_status(self) -> Mapping[str, Any] | None:
+        return self.last_view.status if self.last_view else None
+
+    @property
+    def dashboard(self) -> DashboardScreen:
+        return next(screen for screen in self.screen_stack if isinstance(screen, DashboardScreen))
+
+    # --------------------------------------------------------------- startup
+
+    def get_default_screen(self) -> Screen:
+        return DashboardScreen()
 
     def on_mount(self) -> None:
         for note in self._notes:
-            self.notify(note, title="theme", severity="warning", timeout=10)
-        self._update_queue_title(None)
-        self.query_one(QueueTable).focus()
+            self.notify(note, title="settings", severity="warning", timeout=10)
         self.set_interval(self._poll_interval_s, self._tick)
         self.action_refresh_now()
 
@@ -113,22 +155,21 @@ class RunyardApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Refresh now", "Ask the engine for fresh figures (r)", self.action_refresh_now)
+        yield SystemCommand("Refresh now", "Ask the engine for fresh figures (ctrl+r)", self.action_refresh_now)
         yield SystemCommand("Toggle finished runs", "Show or hide finished runs (a)", self.action_toggle_all)
+        yield SystemCommand("New run", "Open the submit form (n)", self.open_submit)
+        if isinstance(screen, DashboardScreen):
+            for key, label in (("queue", "queue order"), ("id", "id"), ("name", "name"), ("user", "user"),
+                               ("priority", "priority"), ("submitted", "newest first")):
+                yield SystemCommand(f"Sort queue by {label}", "Order the table (s cycles)",
+                                    lambda key=key: screen.sort_by(key))
+            yield SystemCommand("Filter the queue", "Show only matching runs (/)", screen.action_filter)
+
+    # --------------------------------------------------------------- polling
 
     def action_refresh_now(self) -> None:
-        self._poll_worker = self._poll(self._show_all)
-
-    def action_toggle_all(self) -> None:
-        self._show_all = not self._show_all
-        self._update_queue_title(self._view.status if self._view else None)
-        self.action_refresh_now()
-
-    def action_toggle_help(self) -> None:
-        if self.screen.query(HelpPanel):
-            self.action_hide_help_panel()
-        else:
-            self.action_show_help_panel()
+        if not self._quitting:
+            self._poll_worker = self._poll(self._show_all)
 
     def _tick(self) -> None:
         # A slow engine must not pile up threads: skip the tick while a poll is out.
@@ -140,7 +181,7 @@ class RunyardApp(App[None]):
         worker = get_current_worker()
         message: ViewPolled | PollFailed
         try:
-            message = ViewPolled(fetch_view(self._client, show_all=show_all))
+            message = ViewPolled(self._poller.fetch(show_all=show_all))
         except Exception as error:  # the interface must outlive any engine answer
             unreachable, text = describe_failure(error)
             message = PollFailed(unreachable, text, show_all)
@@ -149,50 +190,125 @@ class RunyardApp(App[None]):
 
     def _stale(self, show_all: bool) -> bool:
         """Whether a poll's answer must be dropped: asked for the other list, or landing
-        while the app closes and its widgets are already gone."""
-        return show_all != self._show_all or not self.query(QueueTable)
+        while the app closes and its screens are already gone."""
+        return show_all != self._show_all or self._quitting or not self.screen_stack
 
     def on_view_polled(self, message: ViewPolled) -> None:
         view = message.view
         if self._stale(view.show_all):
             return
-        self._view = view
-        now = self._clock()
+        self.last_view = view
         status = view.status
         hostname = (status.get("host") or {}).get("hostname") or self._hostname
         self.sub_title = fmt.engine_line(status, hostname)
-        banner = self.query_one(Banner)
-        if (status.get("engine") or {}).get("draining"):
-            banner.show("draining: no new runs will start (runyard undrain to resume)", "warning")
-        else:
-            banner.hide()
-        self.query_one(ResourcesPanel).update_status(status)
-        queue = self.query_one(QueueTable)
-        queue.update_runs(view.runs, now)
-        self._update_queue_title(status)
-        self._show_highlighted()
+        dashboard = self.dashboard
+        dashboard.show_view(view, self.clock())
+        if self._select_after_poll is not None and dashboard.select_run(self._select_after_poll):
+            self._select_after_poll = None
 
     def on_poll_failed(self, message: PollFailed) -> None:
         if self._stale(message.show_all):
             return
-        self.query_one(Banner).show(f"{message.text} · retrying", "error")
         if message.unreachable:
             self.sub_title = f"{self._hostname} · engine not reachable"
-        if self._view is None:
-            self.query_one(RunDetail).show_note("no figures yet · r retries now · q quits")
+        self.dashboard.show_failure(message.text, self.last_view is not None)
 
-    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
-        self._show_highlighted()
+    def action_toggle_all(self) -> None:
+        self._show_all = not self._show_all
+        if not self._show_all:
+            # Finished runs were not watched meanwhile; re-read them when asked again.
+            self._poller.finished.invalidate()
+        self.action_refresh_now()
 
-    def _show_highlighted(self) -> None:
-        run = self.query_one(QueueTable).highlighted_run()
-        self.query_one(RunDetail).show_run(run, self._clock(), show_all=self._show_all)
+    # -------------------------------------------------------------- requests
 
-    def _update_queue_title(self, status: dict | None) -> None:
-        queue = self.query_one(QueueTable)
-        counts = fmt.counts_text(status.get("counts") or {}) if status else "…"
-        queue.border_title = f"Queue · {counts}"
-        queue.border_subtitle = "all runs · a: fewer" if self._show_all else "a: all runs"
+    @work(thread=True, group="requests", exit_on_error=False)
+    def send(self, op: str, args: dict[str, Any], success: str | Callable[[Any], str], *,
+             unknown_op: str | None = None) -> None:
+        """Ask the engine for ``op``; say how it went in a notification, then poll."""
+        try:
+            answer = self.client.call(op, **args)
+        except Exception as error:  # an engine's refusal is news for the person, never a crash
+            if unknown_op and is_unknown_op(error):
+                text = unknown_op
+            else:
+                text = str(error) or describe_failure(error)[1]
+            self.post_message(_RequestDone(text, "error"))
+            return
+        self.post_message(_RequestDone(success(answer) if callable(success) else success, "information"))
+
+    def on__request_done(self, message: _RequestDone) -> None:
+        self.notify(message.text, severity=message.severity, timeout=4 if message.severity != "error" else 8)
+        self.action_refresh_now()
+
+    # ----------------------------------------------------------------- screens
+
+    def open_run(self, run: Mapping[str, Any], tab: str = "log") -> None:
+        if isinstance(self.screen, RunDetailScreen) and self.screen.run_id == run.get("id"):
+            return
+        self.push_screen(RunDetailScreen(run, tab=tab, log_poll_interval_s=self._log_poll_interval_s))
+
+    def open_submit(self) -> None:
+        if isinstance(self.screen, SubmitScreen):
+            return
+
+        def submitted(run: dict | None) -> None:
+            if run is None:
+                return
+            self.notify(f"queued run {run.get('id')} ({run.get('name')}): {run.get('reason') or run.get('state')}",
+                        timeout=5)
+            self._select_after_poll = run.get("id")
+            self.action_refresh_now()
+
+        self.push_screen(SubmitScreen(), submitted)
+
+    def action_toggle_help(self) -> None:
+        if self.screen.query(HelpPanel):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    # ------------------------------------------------------------------ quit
+
+    async def action_quit(self) -> None:
+        session = self.session
+        if session is None or not session.embedded:
+            self.exit()
+            return
+        counts = (self.last_status or {}).get("counts") or {}
+        queued, running = int(counts.get("queued") or 0), int(counts.get("running") or 0)
+        if not queued and not running:
+            self._finish_session("leave")
+            return
+
+        def answered(answer: HandoverAnswer | None) -> None:
+            if answer in ("handover", "leave"):
+                self._finish_session(answer)
+
+        self.push_screen(HandoverScreen(queued, running), answered)
+
+    def _finish_session(self, how: str) -> None:
+        self._quitting = True
+        if how == "handover":
+            self.notify("handing the runs over to a background daemon…", timeout=30)
+        self._end_session(how)
+
+    @work(thread=True, group="quit", exit_on_error=False)
+    def _end_session(self, how: str) -> None:
+        session = self.session
+        assert session is not None
+        try:
+            text = session.hand_over() if how == "handover" else session.leave()
+        except Exception as error:  # whatever happened, the runs are in the database
+            text = f"runyard: {error}"
+        self.call_from_thread(self.exit, text)
+
+
+class _RequestDone(Message, bubble=False):
+    def __init__(self, text: str, severity: str) -> None:
+        super().__init__()
+        self.text = text
+        self.severity = severity
 
 
 def _title(suffix: str) -> str:

@@ -41,13 +41,30 @@ def state_color_variable(run: Mapping[str, Any]) -> str:
 
 
 def sort_runs(runs: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Running, then queued (in the engine's order: it is the admission order), then the
-    finished ones, most recent first."""
-    active = [run for run in runs if run.get("state") not in TERMINAL_STATES]
-    finished = [run for run in runs if run.get("state") in TERMINAL_STATES]
-    active.sort(key=lambda run: _STATE_ORDER.get(str(run.get("state")), 2))
-    finished.sort(key=lambda run: -(run.get("ended_at") or run.get("submitted_at") or 0.0))
-    return active + finished
+    """Running, then queued in admission order, then the finished ones, most recent first."""
+    return sorted(runs, key=queue_order_key)
+
+
+def queue_order_key(run: Mapping[str, Any]) -> tuple:
+    """Running first; queued runs as the engine admits them (highest priority, then first
+    come, first served: ``engine.policy``'s rule 1); finished runs newest first."""
+    state = run.get("state")
+    if state in TERMINAL_STATES:
+        return (3, -as_number(run.get("ended_at") or run.get("submitted_at")), id_sort_key(run))
+    rank = _STATE_ORDER.get(str(state), 2)
+    if state == "queued":
+        return (rank, -as_number(run.get("priority")), as_number(run.get("submitted_at")), id_sort_key(run))
+    return (rank, 0.0, as_number(run.get("started_at")), id_sort_key(run))
+
+
+def as_number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def id_sort_key(run: Mapping[str, Any]) -> tuple[int, str]:
+    """Ids sort as numbers; an odd id from a confused engine still sorts, after them."""
+    run_id = run.get("id")
+    return (0, f"{run_id:020d}") if isinstance(run_id, int) else (1, str(run_id))
 
 
 def envelope_text(run: Mapping[str, Any]) -> str:
@@ -68,7 +85,8 @@ def exit_text(run: Mapping[str, Any]) -> str:
 
 
 def time_or_reason(run: Mapping[str, Any], now: float) -> str:
-    """What a person wants next to the state: how long it has run, or why it waits."""
+    """What a person wants next to the state: how long it has run and how long it has
+    left, or why it waits."""
     state = run.get("state")
     reason = str(run.get("reason") or "")
     started_at = run.get("started_at")
@@ -79,13 +97,81 @@ def time_or_reason(run: Mapping[str, Any], now: float) -> str:
     if state == "running":
         elapsed = format_duration(max(0.0, now - started_at)) if started_at else "starting"
         limit = (run.get("envelope") or {}).get("time_limit_s")
-        return f"{elapsed} of {format_duration(limit)}" if limit else elapsed
+        text = f"{elapsed} of {format_duration(limit)}" if limit else elapsed
+        eta = eta_text(run, now)
+        return f"{text} · {eta}" if eta else text
     if started_at is not None:
         ended_at = run.get("ended_at") or now
         text = f"ran {format_duration(max(0.0, ended_at - started_at))}"
     else:
         text = "never started"
     return f"{text} · {reason}" if reason else text
+
+
+def eta_text(run: Mapping[str, Any], now: float) -> str:
+    """``eta 45m`` from the run's heartbeats (``runyard.heartbeat``); empty without them."""
+    eta = run.get("eta")
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool):
+        return ""
+    return f"eta {format_duration(max(0.0, eta - now))}"
+
+
+def progress_text(run: Mapping[str, Any]) -> str:
+    """``step 1200/5000 (24%)`` from the last heartbeat; empty without one."""
+    progress = run.get("progress")
+    if not isinstance(progress, Mapping) or progress.get("step") is None:
+        return ""
+    step, total = progress.get("step"), progress.get("total")
+    if isinstance(total, (int, float)) and total:
+        return f"step {step}/{total} ({as_number(step) / float(total):.0%})"
+    return f"step {step}"
+
+
+HEALTH_LABELS = {"healthy": "ok", "unhealthy": "unhealthy", "stalled": "stalled", "starting": "starting"}
+HEALTH_VARIABLES = {
+    "ok": "text-success", "unhealthy": "text-error", "stalled": "text-error", "starting": "text-secondary",
+    "warning": "text-warning",
+}
+
+
+def health_text(run: Mapping[str, Any]) -> str:
+    """One word for the health column: the checks' verdict, ``warning`` when the engine
+    noticed something (an overrun, an idle GPU), ``-`` when nothing checks the run, and
+    nothing for a run that is not running (its health is history)."""
+    if run.get("state") != "running":
+        return ""
+    health = run.get("health")
+    if health in ("unhealthy", "stalled"):
+        return HEALTH_LABELS[health]
+    if run.get("warning"):
+        return "warning"
+    if health in HEALTH_LABELS:
+        return HEALTH_LABELS[health]
+    return "-"
+
+
+def health_variable(text: str) -> str | None:
+    return HEALTH_VARIABLES.get(text)
+
+
+def attempts_text(run: Mapping[str, Any]) -> str:
+    """``2/4``: attempt 2 of at most 4 (1 + retries); ``-`` from an engine that does not
+    count attempts."""
+    attempt = run.get("attempts", run.get("attempt"))
+    if not isinstance(attempt, int) or isinstance(attempt, bool):
+        return "-"
+    retries = run.get("retries")
+    if isinstance(retries, int) and not isinstance(retries, bool) and retries > 0:
+        return f"{attempt}/{retries + 1}"
+    return str(attempt)
+
+
+def user_text(run: Mapping[str, Any]) -> str:
+    user = run.get("user")
+    if user:
+        return str(user)
+    uid = run.get("uid")
+    return f"uid {uid}" if uid is not None else "-"
 
 
 def when_text(run: Mapping[str, Any], now: float) -> str:
@@ -104,7 +190,11 @@ def when_text(run: Mapping[str, Any], now: float) -> str:
 
 
 def command_text(run: Mapping[str, Any]) -> str:
-    return " ".join(str(part) for part in run.get("argv") or ())
+    """The command on one line, quoted as a shell would need it (``python -c '…'``);
+    newlines inside an argument show as ``↵``."""
+    import shlex
+
+    return " ".join(shlex.quote(str(part)) for part in run.get("argv") or ()).replace("\n", "↵")
 
 
 def short_gpu_name(name: str | None) -> str:
@@ -154,15 +244,39 @@ def level_variable(share: float) -> str:
     return "success"
 
 
-def holders_text(holders: list[int] | None, max_width: int | None = None) -> str:
-    """``runs 4,7``; just ``5 runs`` when the ids do not fit in ``max_width``."""
-    if not holders:
+def holders_text(holders: list[int] | None, max_width: int | None = None,
+                 foreign_users: list[str] | None = None) -> str:
+    """Who holds a GPU: ``runs 4,7``, then other users' processes (``run 3 +bob``);
+    counts instead of ids when they do not fit in ``max_width``."""
+    users = sorted(set(foreign_users or ()))
+    if not holders and not users:
         return "idle"
-    label = "run" if len(holders) == 1 else "runs"
-    text = f"{label} {','.join(str(run_id) for run_id in holders)}"
+    parts = []
+    if holders:
+        label = "run" if len(holders) == 1 else "runs"
+        parts.append(f"{label} {','.join(str(run_id) for run_id in holders)}")
+    if users:
+        parts.append(("+" if holders else "") + ",".join(users))
+    text = " ".join(parts)
+    if max_width is not None and len(text) > max_width and holders and users:
+        text = f"{len(holders)} run{'s' if len(holders) > 1 else ''} +{','.join(users)}"
     if max_width is not None and len(text) > max_width:
-        return f"{len(holders)} {label}"
+        short = []
+        if holders:
+            short.append(f"{len(holders)} run" + ("s" if len(holders) > 1 else ""))
+        if users:
+            short.append(("+" if holders else "") + f"{len(users)} user" + ("s" if len(users) > 1 else ""))
+        text = " ".join(short)
     return text
+
+
+def foreign_users(gpu: Mapping[str, Any]) -> list[str]:
+    """Users of the GPU's processes that are not runyard runs (``status``'s processes)."""
+    users = []
+    for process in gpu.get("processes") or ():
+        if isinstance(process, Mapping) and process.get("run_id") is None:
+            users.append(str(process.get("user") or "?"))
+    return users
 
 
 def reserved_text(reserved: Mapping[str, Any]) -> str:
@@ -183,9 +297,13 @@ def counts_text(counts: Mapping[str, Any]) -> str:
     return " · ".join(parts)
 
 
+MODE_LABELS = {"embedded": "embedded engine", "daemon": "daemon"}
+
+
 def engine_line(status: Mapping[str, Any], hostname: str) -> str:
     """``gpubox · daemon · GPUs: simulated 4x80G``, ending in ``· DRAINING`` when draining."""
     engine = status.get("engine") or {}
-    parts = [hostname, str(engine.get("mode") or "?"), f"GPUs: {engine.get('gpu_source') or '?'}"]
+    mode = str(engine.get("mode") or "?")
+    parts = [hostname, MODE_LABELS.get(mode, mode), f"GPUs: {engine.get('gpu_source') or '?'}"]
     text = " · ".join(parts)
     return text + DRAINING_FLAG if engine.get("draining") else text

@@ -179,12 +179,24 @@ ACTIVE_STATES = (RunState.QUEUED.value, RunState.RUNNING.value)
 
 
 def list_runs(
-    conn: sqlite3.Connection, *, include_finished: bool = True, recent_finished: int | None = None
+    conn: sqlite3.Connection,
+    *,
+    include_finished: bool = True,
+    recent_finished: int | None = None,
+    after_id: int = 0,
+    limit: int | None = None,
 ) -> list[Run]:
     """Runs ordered by id. ``include_finished=False`` keeps queued and running runs,
-    plus the ``recent_finished`` most recently ended ones when that is given."""
+    plus the ``recent_finished`` most recently ended ones when that is given.
+
+    With every run, ``after_id`` and ``limit`` read one page (ids above ``after_id``,
+    at most ``limit``): a client reads ten thousand runs in pages, and the engine
+    answers other requests between them."""
     if include_finished:
-        rows = conn.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        if limit is not None:
+            rows = conn.execute("SELECT * FROM runs WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        else:
+            rows = conn.execute("SELECT * FROM runs WHERE id > ? ORDER BY id", (after_id,)).fetchall()
         return [Run.from_row(dict(row)) for row in rows]
     rows = conn.execute(
         "SELECT * FROM runs WHERE state IN (?, ?) ORDER BY id", ACTIVE_STATES
