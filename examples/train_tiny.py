@@ -33,9 +33,11 @@ import warnings
 from pathlib import Path
 
 try:
+    import runyard
     from runyard import checkpoint
 except ImportError:  # run from a checkout where runyard is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import runyard
     from runyard import checkpoint
 
 # A CPU build of torch without numpy warns about it at import; nothing here uses numpy.
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         optimiser.step()
         done = step + 1
+        runyard.heartbeat(step=done, total=args.steps, metrics={"loss": loss.item()})
         # Read once: a signal landing between the save and the exit must not skip the save.
         stopping = stop.signum is not None
         if done % args.every == 0 or done == args.steps or stopping:

@@ -6,3 +6,11 @@ training script imports ``runyard``, never ``engine`` (many ML repositories have
 """
 
 __version__ = "0.1.0"
+
+
+def heartbeat(step=None, total=None, metrics=None, **options):
+    """Record the run's progress (``runyard.heartbeat(step=s, total=n, metrics={"loss": l})``);
+    see :mod:`runyard.progress`. Imported on first use so ``import runyard`` stays instant."""
+    from runyard.progress import heartbeat as write
+
+    return write(step, total, metrics, **options)
