@@ -483,3 +483,14 @@ async def test_quit_without_handover_leaves_the_runs_in_the_database(rig: Rig):
     assert psutil.pid_exists(pid)
     session = EmbeddedSession(rig.engine, rig.home, None)
     assert session.active_runs() == (1, 1), f"{queued['id']} queued and {running['id']} running, in the database"
+
+
+async def test_a_run_that_fails_while_watched_raises_a_notification(rig: Rig):
+    run = rig.submit("import time, sys\ntime.sleep(1.5)\nsys.exit(4)", "doomed")
+    notes: list[str] = []
+    app = rig.app()
+    async with app.run_test(size=(100, 30), notifications=True, message_hook=notes_hook(notes)) as pilot:
+        await wait_for(pilot, lambda: str(run["id"]) in table(app).run_keys(), "the run listed")
+        rig.wait_state(run["id"], "failed")
+        await wait_for(pilot, lambda: any(f"run {run['id']} (doomed) failed" in note for note in notes),
+                       "the failure notification")

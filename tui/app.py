@@ -26,6 +26,7 @@ from textual.worker import Worker, get_current_worker
 
 from tui import format as fmt
 from tui.commands import RunCommands
+from tui.news import run_news
 from tui.poll import EngineClient, EngineView, PollFailed, Poller, ViewPolled, describe_failure, is_unknown_op
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.dialogs import HandoverAnswer, HandoverScreen
@@ -105,6 +106,7 @@ class RunyardApp(App[str | None]):
         self._quitting = False
         self._select_after_poll: Any = None
         self.last_view: EngineView | None = None
+        self._seen_runs: dict[Any, Mapping[str, Any]] | None = None
         self.title = _title(title_suffix)
         self.sub_title = f"{self._hostname} · connecting…"
         self._notes = register_themes(self, themes_dir)
@@ -198,6 +200,7 @@ class RunyardApp(App[str | None]):
         if self._stale(view.show_all):
             return
         self.last_view = view
+        self._tell_news(view)
         status = view.status
         hostname = (status.get("host") or {}).get("hostname") or self._hostname
         self.sub_title = fmt.engine_line(status, hostname)
@@ -205,6 +208,13 @@ class RunyardApp(App[str | None]):
         dashboard.show_view(view, self.clock())
         if self._select_after_poll is not None and dashboard.select_run(self._select_after_poll):
             self._select_after_poll = None
+
+    def _tell_news(self, view: EngineView) -> None:
+        seen = {run.get("id"): run for run in view.runs}
+        for text, severity in run_news(self._seen_runs, view.runs):
+            self.notify(text, severity=severity, timeout=8 if severity == "error" else 5)
+        # Runs that dropped out of the list are forgotten only until they come back.
+        self._seen_runs = {**(self._seen_runs or {}), **seen}
 
     def on_poll_failed(self, message: PollFailed) -> None:
         if self._stale(message.show_all):
