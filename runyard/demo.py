@@ -10,13 +10,14 @@ import sys
 from engine.envelope import Envelope
 
 _TRAIN = (
-    "import os, time\n"
+    "import os, time, runyard\n"
     "steps = int(os.environ.get('STEPS', '120'))\n"
     "save = os.environ.get('SAVE_EVERY')\n"
     "if save:\n"
     "    from runyard import checkpoint\n"
     "for step in range(1, steps + 1):\n"
     "    loss = 1.0 / step\n"
+    "    runyard.heartbeat(step=step, total=steps, metrics={'loss': loss})\n"
     "    print(f'step {step}/{steps} loss {loss:.4f} lr 3e-4 tokens/s {900 + step % 37}', flush=True)\n"
     "    if save and step % int(save) == 0:\n"
     "        checkpoint.save({'step': step}, step, metrics={'loss': loss}, keep_last=3, best_metric='loss')\n"
