@@ -363,7 +363,8 @@ class Server:
         if op == "unschedule":
             return engine.unschedule(args.get("id"))
         if op == "submit_many":
-            runs = engine.submit_many(args.get("runs"), uid=uid, user=_user_name(uid))
+            runs = engine.submit_many(args.get("runs"), uid=uid, user=_user_name(uid), group=args.get("group"),
+                                      git_diff=args.get("git_diff"))
             self.wake()
             return [run.to_json() for run in runs]
         if op == "ls":
@@ -409,6 +410,8 @@ class Server:
             return run.to_json()
         if op == "preview":
             return engine.preview(args)
+        if op == "results":
+            return engine.results(args.get("group"))
         raise protocol.RequestError(f"unknown request {op!r}; known: {', '.join(protocol.OPS)}")
 
 

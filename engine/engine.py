@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import breaker, checkpoints, enforce, health, policy, retry
+from engine import breaker, checkpoints, enforce, groups, health, policy, provenance, retry
 from engine.config import Config
 from engine.launcher import LaunchError, Launcher, Observation
 from engine.model import Run, RunState
@@ -187,10 +187,13 @@ class Engine:
             template = json.loads(row["template"])
             uid, user = template.pop("uid", None), template.pop("user", None)
             try:
-                spec = replace(self._checked_spec(template), schedule_id=row["id"])
+                # Read now, not when the schedule was made: the firing runs the tree as it is now.
+                spec, diff = self._with_provenance(
+                    replace(self._checked_spec(template), schedule_id=row["id"]), {}, user
+                )
             except RequestError as error:
                 log.warning("schedule %s cannot queue its run: %s", row["id"], error)
-                spec = None
+                spec, diff = None, None
             # The run and the schedule's progress in one transaction: a crash in between
             # can neither lose a firing nor fire it twice.
             with sql.write_transaction(self.store.conn):
@@ -203,6 +206,7 @@ class Engine:
                     (due[-1], run_id, row["id"]),
                 )
             if run_id is not None:
+                _save_diff(self.store.get(run_id), diff)
                 log.info("schedule %s fired: run %s", row["id"], run_id)
 
     def _next_schedule_fire(self) -> float | None:
@@ -552,6 +556,9 @@ class Engine:
             "ended_at": fields.get("ended_at"), "state": state.value, "reason": reason,
             "exit_code": fields.get("exit_code"), "signal": fields.get("signal"), "failure_class": failure_class,
         }
+        report = _read_report(run)
+        if report is not None:
+            fields = {**fields, "metrics": report}  # a later attempt that reports nothing keeps the last report
         again = None
         if state is not RunState.SUCCEEDED and failure_class is not None:
             again = self._retry_decision(run, failure_class, fields.get("exit_code"), reason)
@@ -743,22 +750,57 @@ class Engine:
         return self.store.get_meta(DRAINING_KEY) == "1"
 
     def submit(self, args: dict[str, Any], *, uid: int | None, user: str | None) -> Run:
-        spec = self._checked_spec(args)
-        return self.store.submit(spec, now=self.clock(), uid=uid, user=user)
+        spec, diff = self._with_provenance(self._checked_spec(args), args, user)
+        run = self.store.submit(spec, now=self.clock(), uid=uid, user=user)
+        _save_diff(run, diff)
+        return run
 
-    def submit_many(self, requests: Any, *, uid: int | None, user: str | None) -> list[Run]:
-        """Queue a batch (a sweep) in one transaction; one bad request queues none of them."""
+    def submit_many(
+        self, requests: Any, *, uid: int | None, user: str | None, group: Any = None, git_diff: Any = None
+    ) -> list[Run]:
+        """Queue a batch (a sweep) in one transaction; one bad request queues none of them.
+
+        ``group`` (``{"name", "kind", "definition"}``) is created with the runs; ``git_diff``
+        is the uncommitted diff the batch's runs share (sent once, not once per run).
+        """
+        from engine.groups import GroupExists
+
         if not isinstance(requests, list) or not requests:
             raise RequestError("runs must be a non-empty list of submit requests", EXIT_BAD_INPUT)
-        specs = []
+        if group is not None and not (isinstance(group, dict) and isinstance(group.get("kind"), str)
+                                      and isinstance(group.get("name"), (str, type(None)))):
+            raise RequestError("group must be {name, kind, definition}; nothing was queued", EXIT_BAD_INPUT)
+        specs, diffs, captured = [], [], {}
         for index, args in enumerate(requests):
             if not isinstance(args, dict):
                 raise RequestError(f"run {index + 1} of the batch is not an object; nothing was queued", EXIT_BAD_INPUT)
             try:
-                specs.append(self._checked_spec(args))
+                spec, diff = self._with_provenance(
+                    self._checked_spec(args), {"git_diff": git_diff, **args}, user, captured
+                )
             except RequestError as error:
                 raise RequestError(f"run {index + 1} of the batch: {error}", error.code) from None
-        return self.store.submit_many(specs, now=self.clock(), uid=uid, user=user)
+            specs.append(spec)
+            diffs.append(diff)
+        try:
+            runs = self.store.submit_many(specs, now=self.clock(), uid=uid, user=user, group=group)
+        except GroupExists as error:
+            raise RequestError(f"{error}; nothing was queued", EXIT_BAD_INPUT) from None
+        for run, diff in zip(runs, diffs):
+            _save_diff(run, diff)
+        return runs
+
+    def _with_provenance(self, spec, args: dict[str, Any], user: str | None, captured: dict | None = None):
+        """The run's provenance record; see :mod:`engine.provenance` for who reads what."""
+        from runyard import __version__
+
+        versions = getattr(self.gpu_probe, "versions", None)
+        try:
+            gpu = versions() if callable(versions) else None
+        except Exception:  # a driver hiccup must not refuse a submit
+            log.exception("cannot read the GPU driver's version")
+            gpu = None
+        return provenance.prepare(spec, args, user=user, gpu=gpu, runyard_version=__version__, captured=captured)
 
     def _checked_spec(self, args: dict[str, Any]):
         spec = spec_from_request(args, self.config.default_envelope)
@@ -835,7 +877,17 @@ class Engine:
         data["checkpoints"] = checkpoints.discover(run.checkpoint_dir)
         data["health_checks"] = self.health_checks(run.id)
         data["health_policy"] = run.health_policy
+        data["provenance"], data["drift"] = groups.run_provenance(self.store.conn, run.id, run.group)
         return data
+
+    def results(self, group: Any) -> dict[str, Any]:
+        """The group table and export rows (every run when ``group`` is None)."""
+        if group is not None and not isinstance(group, str):
+            raise RequestError("group must be a group name", EXIT_BAD_INPUT)
+        try:
+            return groups.table(self.store.conn, group)
+        except groups.NoSuchGroup as error:
+            raise RequestError(str(error), EXIT_NO_SUCH_RUN) from None
 
     def set_priority(self, run_id: Any, priority: Any) -> Run:
         run = self.get(run_id)
@@ -1056,6 +1108,29 @@ def _read_heartbeat(run: Run) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return beat if isinstance(beat, dict) else None
+
+
+REPORT_FILE = "report.json"
+"""Written atomically by ``runyard.report()`` in the attempt's folder: the run's final metrics."""
+
+
+def _read_report(run: Run) -> dict[str, Any] | None:
+    if not run.run_dir:
+        return None
+    try:
+        report = json.loads((Path(run.run_dir) / REPORT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and report else None
+
+
+def _save_diff(run: Run | None, diff: bytes | None) -> None:
+    if run is None or not diff:
+        return
+    try:
+        provenance.save_diff(run.run_dir, diff)
+    except OSError:  # the record keeps the diff's hash; losing the copy must not fail the submit
+        log.exception("cannot save the uncommitted diff of run %s", run.id)
 
 
 def _eta(steps: deque, total: Any, now: float) -> float | None:

@@ -66,13 +66,32 @@ def spec_from_request(args: dict[str, Any], default_envelope: dict[str, Any] | N
     checkpoint_dir = args.get("checkpoint_dir")
     if checkpoint_dir is not None and (not isinstance(checkpoint_dir, str) or not os.path.isabs(checkpoint_dir)):
         raise RequestError("checkpoint_dir must be an absolute path")
+    seed = _seed(args.get("seed"))
+    if seed is not None:
+        env = {**env, "RUNYARD_SEED": str(seed)}
     return RunSpec(
         argv=tuple(argv), cwd=cwd, env=env, name=name or None, priority=priority,
         envelope=envelope, grace_s=grace_s, held=bool(args.get("held", False)), on_overrun=on_overrun,
         retry=retry, checkpoint_dir=checkpoint_dir, depends_on=_dependencies(args.get("after")),
         start_at=_start_at(args.get("at")), group=_text_or_none(args.get("group"), "group"),
-        health=_health(args.get("health")),
+        health=_health(args.get("health")), seed=seed, params=_params(args.get("params")),
     )
+
+
+def _seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"--seed must be a whole number, got {value!r}")
+    return value
+
+
+def _params(value: Any) -> dict[str, str] | None:
+    if not value:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise RequestError("params must map names to strings")
+    return dict(value)
 
 
 def _dependencies(value: Any) -> tuple[tuple[int, str], ...]:

@@ -14,3 +14,11 @@ def heartbeat(step=None, total=None, metrics=None, **options):
     from runyard.progress import heartbeat as write
 
     return write(step, total, metrics, **options)
+
+
+def report(**metrics):
+    """Record the run's final metrics (``runyard.report(loss=0.12, acc=0.91)``); see
+    :mod:`runyard.results`. Imported on first use so ``import runyard`` stays instant."""
+    from runyard.results import report as write
+
+    return write(**metrics)

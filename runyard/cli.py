@@ -57,29 +57,19 @@ def _add_envelope_options(parser: argparse.ArgumentParser) -> None:
                        help="a named counted resource from the config's [resources], e.g. nfs_io=1 (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="runyard", description="A control center for ML experiment runs.")
-    parser.add_argument("--daemon", action="store_true", help="run the engine headless in the foreground")
-    parser.add_argument("--simulate-gpus", metavar="SPEC",
-                        help="pretend the box has these GPUs, e.g. 4x80G or 2x80G,1x24G")
-    parser.add_argument("--demo", action="store_true",
-                        help="open the TUI on a demo queue in a throwaway home with 4 simulated GPUs")
-    parser.add_argument("--theme", help="TUI theme name")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    submit = commands.add_parser("submit", help="queue a run", description="Queue a run: runyard submit [options] -- CMD [ARGS...]")
-    _add_envelope_options(submit)
-    submit.add_argument("--name", help="a name to find the run by")
-    submit.add_argument("--priority", type=int, default=0, help="higher starts first (default 0)")
-    submit.add_argument("--grace", default=None, help="time between SIGTERM and SIGKILL on stop (default 30s)")
-    submit.add_argument("--cwd", help="working directory (default: the current one)")
-    submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+def _add_submit_options(parser: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+    _add_envelope_options(parser)
+    parser.add_argument("--name", help="a name to find the run by")
+    parser.add_argument("--priority", type=int, default=0, help="higher starts first (default 0)")
+    parser.add_argument("--grace", default=None, help="time between SIGTERM and SIGKILL on stop (default 30s)")
+    parser.add_argument("--cwd", help="working directory (default: the current one)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="set a variable in the run's environment (repeatable)")
-    submit.add_argument("--hold", action="store_true", help="queue it held: it starts only after `runyard release`")
-    submit.add_argument("--on-overrun", dest="on_overrun", choices=("default", "warn", "kill"), default="default",
+    parser.add_argument("--hold", action="store_true", help="queue it held: it starts only after `runyard release`")
+    parser.add_argument("--on-overrun", dest="on_overrun", choices=("default", "warn", "kill"), default="default",
                         help="past the envelope: default stops on memory and warns on GPU memory; "
                              "warn never stops; kill stops on either")
-    retries = submit.add_argument_group("retries, checkpoints and time limits")
+    retries = parser.add_argument_group("retries, checkpoints and time limits")
     retries.add_argument("--retries", type=int, default=0, metavar="N",
                          help="retry up to N times after a failure, an OOM kill or a lost run (default 0)")
     retries.add_argument("--backoff", metavar="MIN..MAX", help="wait between retries, exponential with jitter (default 10s..10m)")
@@ -93,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="send SIG that long before the time limit, e.g. USR1@5m, so the run can checkpoint")
     retries.add_argument("--requeue", action="store_true",
                          help="at the time limit, requeue a run that has a checkpoint instead of ending it")
-    checks = submit.add_argument_group("health")
+    checks = parser.add_argument_group("health")
     checks.add_argument("--stall-timeout", metavar="DURATION",
                         help="no heartbeat, no log output and no CPU use this long makes the run 'stalled'")
     checks.add_argument("--on-stall", choices=("warn", "kill", "restart"), help="what a stall does (default warn)")
@@ -102,23 +92,60 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_argument("--health-retries", metavar="N", help="failures in a row that make the run unhealthy (default 3)")
     checks.add_argument("--health-timeout", metavar="DURATION", help="a probe running longer fails (default 10s)")
     checks.add_argument("--health-start-period", metavar="DURATION", help="failures this soon after the start do not count")
-    order = submit.add_argument_group("order and schedule")
+    order = parser.add_argument_group("order and schedule")
     order.add_argument("--after", action="append", metavar="ID[:ok|:any]",
                        help="start after run ID succeeded (:ok, the default) or ended at all (:any); repeatable")
-    order.add_argument("--group", help="put the run in a group (a sweep); the circuit breaker counts per group")
+    if sweep:
+        order.add_argument("--group", help="name the sweep's group (default: sweep-N)")
+    else:
+        order.add_argument("--group", help="put the run in a group (a sweep); the circuit breaker counts per group")
     order.add_argument("--at", metavar="TIME", help="not before TIME: 14:30, '2026-12-01 02:00', +2h")
-    order.add_argument("--cron", metavar="EXPR",
-                       help="queue a new run from this template on a crontab schedule, e.g. '0 2 * * *'")
-    submit.add_argument("--json", action="store_true", help="print the run as JSON")
-    submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    if not sweep:
+        order.add_argument("--cron", metavar="EXPR",
+                           help="queue a new run from this template on a crontab schedule, e.g. '0 2 * * *'")
+    parser.add_argument("--seed", type=int, help="the run's seed: recorded, and given to it as RUNYARD_SEED")
+    parser.add_argument("--json", action="store_true", help="print the run as JSON")
+    parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="runyard", description="A control center for ML experiment runs.")
+    parser.add_argument("--daemon", action="store_true", help="run the engine headless in the foreground")
+    parser.add_argument("--simulate-gpus", metavar="SPEC",
+                        help="pretend the box has these GPUs, e.g. 4x80G or 2x80G,1x24G")
+    parser.add_argument("--demo", action="store_true",
+                        help="open the TUI on a demo queue in a throwaway home with 4 simulated GPUs")
+    parser.add_argument("--theme", help="TUI theme name")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    submit = commands.add_parser("submit", help="queue a run", description="Queue a run: runyard submit [options] -- CMD [ARGS...]")
+    _add_submit_options(submit)
+    sweep = commands.add_parser(
+        "sweep", help="queue one run per combination of parameters, in a new group",
+        description="Queue a sweep: runyard sweep --param lr=1e-3,1e-4 --param seed=1..3 [options] "
+                    "-- CMD ... {lr} ... {seed}",
+    )
+    sweep_options = sweep.add_argument_group("sweep")
+    sweep_options.add_argument("--param", action="append", default=[], metavar="NAME=VALUES",
+                               help="values of {NAME} in the command: a,b,c or a range of whole numbers 1..5 "
+                                    "(repeatable; the grid is every combination)")
+    sweep_options.add_argument("--random", type=int, metavar="K", help="K combinations drawn at random instead of all")
+    sweep_options.add_argument("--sample-seed", type=int, metavar="S",
+                               help="seed of the --random draw, so the same sweep can be drawn again")
+    _add_submit_options(sweep, sweep=True)
 
     ls = commands.add_parser("ls", help="list runs")
     ls.add_argument("--all", action="store_true", help="include every finished run")
+    ls.add_argument("--group", help="the runs of one group (a sweep): parameters, metrics, drift")
+    ls.add_argument("--sort", metavar="KEY",
+                    help="with --group: by a parameter, a metric, id, state or time; --sort=-KEY for largest first")
     ls.add_argument("--json", action="store_true")
 
     show = commands.add_parser("show", help="show one run")
     show.add_argument("id")
     show.add_argument("--usage", action="store_true", help="what it used against its envelope: peak and mean")
+    show.add_argument("--provenance", action="store_true",
+                      help="what it ran: command, environment, git commit and diff, Python and packages, driver")
     show.add_argument("--json", action="store_true")
 
     logs = commands.add_parser("logs", help="print a run's output")
@@ -139,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     schedules_cmd.add_argument("--json", action="store_true")
     unschedule = commands.add_parser("unschedule", help="remove a --cron schedule")
     unschedule.add_argument("id")
+    rerun = commands.add_parser("rerun", help="queue a new run with an earlier run's command, cwd, env and envelope")
+    rerun.add_argument("id")
+    rerun.add_argument("--json", action="store_true")
+    export = commands.add_parser("export", help="one row per run: parameters, metrics, state, durations, provenance")
+    export.add_argument("--format", choices=("json", "csv"), default="json")
+    export.add_argument("--group", help="only this group's runs")
+    export.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
     retry_cmd = commands.add_parser("retry", help="requeue a run that ended, as a new attempt")
     retry_cmd.add_argument("id")
     retry_cmd.add_argument("--json", action="store_true")
@@ -184,6 +218,38 @@ def _client(home: Home) -> Client:
 
 
 def cmd_submit(home: Home, args: argparse.Namespace) -> int:
+    request = _submit_request(args)
+    if args.cron:
+        return _schedule(home, args, request)
+    if args.checkpoint_dir:
+        request["checkpoint_dir"] = os.path.abspath(args.checkpoint_dir)
+    _add_git_facts(request)
+    try:
+        run = _client(home).call("submit", **request)
+        offline = False
+    except DaemonUnavailable:
+        run = _submit_offline(home, request)
+        offline = True
+    if args.json:
+        print(json.dumps(run, indent=2))
+    else:
+        print(run["id"])
+    if offline:
+        print(f"runyard: queued run {run['id']}, but no engine is running: {NO_ENGINE_HINT}", file=sys.stderr)
+    return 0
+
+
+def _add_git_facts(request: dict[str, Any]) -> None:
+    """Read here, where the submitter's working tree is (engine.provenance says why)."""
+    from engine.gitfacts import capture_git, encode_diff
+
+    git, diff = capture_git(request["cwd"])
+    request["provenance"] = {"git": git}
+    request["git_diff"] = encode_diff(diff)
+
+
+def _submit_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The submit request that ``submit``'s options (shared by ``sweep``) describe."""
     from engine.health import HealthPolicyError, policy_from_options
 
     argv = list(args.argv)
@@ -223,26 +289,18 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
         "after": _dependencies(args.after),
         "group": args.group,
         "health": health_policy.to_dict() if health_policy else None,
+        "seed": args.seed,
+        "umask": _umask(),
     }
     if args.at:
         request["at"] = _start_time(args.at)
-    if args.cron:
-        return _schedule(home, args, request)
-    if args.checkpoint_dir:
-        request["checkpoint_dir"] = os.path.abspath(args.checkpoint_dir)
-    try:
-        run = _client(home).call("submit", **request)
-        offline = False
-    except DaemonUnavailable:
-        run = _submit_offline(home, request)
-        offline = True
-    if args.json:
-        print(json.dumps(run, indent=2))
-    else:
-        print(run["id"])
-    if offline:
-        print(f"runyard: queued run {run['id']}, but no engine is running: {NO_ENGINE_HINT}", file=sys.stderr)
-    return 0
+    return request
+
+
+def _umask() -> int | None:
+    from engine.shared import current_umask  # a shared engine starts the run with it
+
+    return current_umask()
 
 
 def _start_time(text: str) -> float:
@@ -334,10 +392,9 @@ def _submit_offline(home: Home, request: dict[str, Any]) -> dict[str, Any]:
     """Queue straight into the database; the next engine to start admits it."""
     from engine.config import ConfigError, load_config
     from engine.store import sql
-    from engine.submission import spec_from_request
 
     try:
-        spec = spec_from_request(request, load_config().default_envelope)
+        spec, diff = _offline_spec(request, load_config().default_envelope)
     except RequestError as error:
         raise CliError(str(error), error.code) from None
     except ConfigError as error:
@@ -354,7 +411,28 @@ def _submit_offline(home: Home, request: dict[str, Any]) -> dict[str, Any]:
     finally:
         conn.close()
     assert run is not None
+    _save_diff_offline(run.run_dir, diff)
     return run.to_json()
+
+
+def _offline_spec(request: dict[str, Any], default_envelope: dict[str, Any] | None):
+    """The spec and its provenance as the daemon would make them, less the GPU driver's
+    versions (only the daemon has NVML open)."""
+    from engine import provenance
+    from engine.submission import spec_from_request
+    from runyard import __version__
+
+    spec = spec_from_request(request, default_envelope)
+    return provenance.prepare(spec, request, user=_current_user(), gpu=None, runyard_version=__version__)
+
+
+def _save_diff_offline(run_dir: str | None, diff: bytes | None) -> None:
+    from engine.provenance import save_diff
+
+    try:
+        save_diff(run_dir, diff)
+    except OSError as error:
+        print(f"runyard: the uncommitted diff was not saved ({error.strerror}); its hash is recorded", file=sys.stderr)
 
 
 def _open_db(home: Home, *, create: bool):
@@ -409,6 +487,8 @@ def _read_offline(home: Home, fetch):
 
 
 def cmd_ls(home: Home, args: argparse.Namespace) -> int:
+    if args.group is not None or args.sort:
+        return _results_cmd("cmd_group")(home, args)
     try:
         runs = _client(home).call("ls", all=args.all)
     except DaemonUnavailable:
@@ -466,16 +546,31 @@ def _get_run(home: Home, run_id: str) -> dict[str, Any]:
 
         if not run_id.isdigit():
             raise CliError(f"{run_id!r} is not a run id (a number, as `runyard ls` shows)", EXIT_BAD_INPUT) from None
-        run = _read_offline(home, lambda conn: sql.get_run(conn, int(run_id)))
+        run = _read_offline(home, lambda conn: _described(conn, sql.get_run(conn, int(run_id))))
         if run is None:
             raise CliError(f"no run {run_id}; `runyard ls --all` lists them", EXIT_NO_SUCH_RUN) from None
-        return run.to_json(with_env=True)
+        return run
+
+
+def _described(conn, run) -> dict[str, Any] | None:
+    """What the engine's ``show`` adds that the database alone can tell."""
+    from engine import groups
+
+    if run is None:
+        return None
+    data = run.to_json(with_env=True)
+    data["provenance"], data["drift"] = groups.run_provenance(conn, run.id, run.group)
+    return data
 
 
 def cmd_show(home: Home, args: argparse.Namespace) -> int:
     if args.usage:
         return _show_usage(home, args)
     run = _get_run(home, args.id)
+    if args.provenance:
+        from runyard.results_cmd import show_provenance
+
+        return show_provenance(home, run, as_json=args.json)
     if args.json:
         print(json.dumps(run, indent=2))
         return 0
@@ -501,6 +596,9 @@ def cmd_show(home: Home, args: argparse.Namespace) -> int:
         fields.insert(4, ("progress", _progress_text(run, time.time())))
     if run.get("depends_on"):
         fields.append(("after", ", ".join(f"{dep}:{kind}" for dep, kind in run["depends_on"])))
+    from runyard.results_cmd import show_fields
+
+    fields.extend(show_fields(run))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         print(f"{name.ljust(width)}  {value}")
@@ -645,7 +743,22 @@ COMMANDS = {
     "drain": cmd_drain,
     "undrain": cmd_drain,
     "status": cmd_status,
+    "sweep": lambda home, args: _sweep_cmd("cmd_sweep")(home, args),
+    "rerun": lambda home, args: _sweep_cmd("cmd_rerun")(home, args),
+    "export": lambda home, args: _results_cmd("cmd_export")(home, args),
 }
+
+
+def _sweep_cmd(name: str):
+    from runyard import sweep_cmd
+
+    return getattr(sweep_cmd, name)
+
+
+def _results_cmd(name: str):
+    from runyard import results_cmd
+
+    return getattr(results_cmd, name)
 
 
 # ------------------------------------------------------------ daemon and TUI

@@ -229,6 +229,23 @@ class NvmlProbe:
             self._open = False
             _shutdown_quietly(self._nvml)
 
+    def versions(self) -> dict[str, str | None]:
+        """The driver's version and the CUDA version it supports (``"12.4"``), for a run's
+        provenance; ``None`` for what the driver cannot tell."""
+        found: dict[str, str | None] = {"driver": None, "cuda": None}
+        if not self._open:
+            return found
+        try:
+            found["driver"] = _text(self._nvml.nvmlSystemGetDriverVersion())
+        except Exception:  # noqa: BLE001 - a missing version must never fail a submit.
+            pass
+        try:
+            cuda = int(self._nvml.nvmlSystemGetCudaDriverVersion())
+            found["cuda"] = f"{cuda // 1000}.{cuda % 1000 // 10}"
+        except Exception:  # noqa: BLE001 - old drivers and bindings lack the call.
+            pass
+        return found
+
     def __enter__(self) -> NvmlProbe:
         return self
 

@@ -12,7 +12,9 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from engine.model import Run, RunSpec, RunState
 from engine.store import sql
@@ -65,9 +67,21 @@ class RunStore:
         self._changed(run_id, now, None, RunState.QUEUED.value, run.reason)
         return run
 
-    def submit_many(self, specs: list[RunSpec], *, now: float, uid: int | None, user: str | None) -> list[Run]:
-        """Queue every spec in one transaction: all of them or none."""
+    def submit_many(
+        self, specs: list[RunSpec], *, now: float, uid: int | None, user: str | None,
+        group: Mapping[str, Any] | None = None,
+    ) -> list[Run]:
+        """Queue every spec in one transaction: all of them or none.
+
+        ``group`` (``{"name": str | None, "kind": "sweep", "definition": {...}}``) is
+        created in the same transaction and every run joins it.
+        """
         with sql.write_transaction(self.conn):
+            if group is not None:
+                from engine import groups
+
+                name = groups.create(self.conn, group.get("name"), group["kind"], group["definition"], now)
+                specs = [replace(spec, group=name) for spec in specs]
             ids = [sql.insert_run(self.conn, spec, now=now, runs_dir=self.runs_dir, uid=uid, user=user) for spec in specs]
         runs = [self.get(run_id) for run_id in ids]
         for run in runs:
