@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.envelope import RESOURCE_NAME_RE
+from engine.shared_config import SharedConfigError, SharedSettings
 from engine.units import UnitError, parse_duration, parse_size
 
 
@@ -62,6 +63,8 @@ class Config:
     alerts_table: dict[str, Any] = field(default_factory=dict)
     """``[alerts]`` as written; ``engine.alerts.AlertsConfig.from_table`` reads it (the
     CLI never needs it, so it is not parsed here)."""
+    shared: SharedSettings = field(default_factory=SharedSettings)
+    """``[shared]``: admins, fair share, limits and pools (``engine.shared_config``)."""
 
 
 def config_path() -> Path:
@@ -91,7 +94,7 @@ def load_config(path: Path | None = None) -> Config:
 
 def _parse(path: Path, raw: dict[str, Any]) -> Config:
     reader = _Reader(path)
-    known_tables = {"engine", "defaults", "history", "resources", "alerts", "health"}
+    known_tables = {"engine", "defaults", "history", "resources", "alerts", "health", "shared"}
     for table in raw:
         if table not in known_tables:
             raise ConfigError(f"{path}: unknown table [{table}] (known: {', '.join(sorted(known_tables))})")
@@ -106,6 +109,10 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         from engine.alerts import AlertsConfig  # only when configured: it pulls in urllib
 
         AlertsConfig.from_table(alerts, path)  # a bad value fails here, naming the key
+    try:
+        shared = SharedSettings.from_table(raw.get("shared", {}), path)
+    except SharedConfigError as error:
+        raise ConfigError(str(error)) from None
     resources_table = raw.get("resources", {})
     if not isinstance(resources_table, dict):
         raise ConfigError(f"{path}: [resources] must be a table of NAME = COUNT")
@@ -143,6 +150,7 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         resources=tuple(resources),
         gpu_idle_after_s=reader.duration("health.gpu_idle_after", health.get("gpu_idle_after", "15m")),
         alerts_table=dict(alerts),
+        shared=shared,
     )
     if config.sample_interval_s < 0.2:
         raise ConfigError(f"{path}: engine.sample_interval: at least 0.2s (it costs CPU on every sample)")

@@ -35,7 +35,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from engine import cgroups, protocol
+from engine import cgroups, protocol, shared_daemon
 from engine.config import Config
 from engine.engine import Engine
 from engine.launcher import LocalLauncher
@@ -45,6 +45,7 @@ from engine.store import sql
 from engine.store.history import History, apply_history_migrations
 from engine.store.runs import RunStore
 from engine.store.schema import migrate
+from engine.store.shared_tables import apply_shared_migrations
 
 log = logging.getLogger("runyard.daemon")
 
@@ -66,6 +67,8 @@ class DaemonConfig:
     install_signals: bool = True
     settings: Config = field(default_factory=Config)
     """The config file's values (``engine.config``)."""
+    shared: bool = False
+    """One engine for every user of the box (``engine.shared_daemon``)."""
 
 
 def gpu_probe_for(config: DaemonConfig) -> tuple[Any, str]:
@@ -127,6 +130,7 @@ def open_store(home: Home, settings: Config | None = None) -> tuple[RunStore, Hi
     try:
         migrate(home.db_path)
         apply_history_migrations(home.db_path)
+        apply_shared_migrations(home.db_path)
         conn = sql.connect(home.db_path)
         sql.schema_version(conn)
         history_conn = sql.connect(home.db_path)
@@ -149,6 +153,12 @@ def build_engine(config: DaemonConfig) -> Engine:
     root, how = cgroups.diagnose(allow_move=True)
     log.info("memory cgroups: %s", how)
     launcher = LocalLauncher(config.home.runs_dir, cgroup_root=root)
+    if config.shared:
+        from engine import access
+        from engine.shared_launch import SharedLauncher
+
+        launcher = SharedLauncher(config.home.runs_dir, cgroup_root=root,
+                                  credentials=lambda run: access.credentials(store.conn, run.id, run.uid))
     if root is not None:
         # Before any launch: a run's group is empty for an instant before its shim joins.
         cgroups.sweep(root, launcher.cgroup_tag)
@@ -266,7 +276,8 @@ class Server:
         try:
             request = self.engine.probe_request(run)
             result = await run_probe(request["cmd"], env=request["env"], cwd=request["cwd"],
-                                     timeout_s=request["timeout_s"])
+                                     timeout_s=request["timeout_s"],
+                                     as_user=shared_daemon.probe_identity(self, run))
             self.engine.record_probe_result(run, result, self.engine.clock())
         except asyncio.CancelledError:
             raise
@@ -336,7 +347,7 @@ class Server:
     def answer(self, line: bytes, peer: tuple[int, int, int] | None) -> bytes:
         try:
             op, args = protocol.decode_request(line)
-            result = self.dispatch(op, args, peer)
+            result = shared_daemon.answer(self, op, args, peer)
         except protocol.RequestError as error:
             return protocol.encode_error(str(error), error.code)
         except Exception as error:  # a bug must not take the daemon down with it
@@ -445,6 +456,8 @@ def _user_name(uid: int | None) -> str | None:
 async def serve(config: DaemonConfig, *, on_ready: Callable[[Server], None] | None = None) -> None:
     """Run the engine until SIGTERM/SIGINT (or :attr:`Server.stopping` is set)."""
     home = config.home
+    if config.shared:
+        shared_daemon.prepare(home)
     home.ensure()
     lock_fd = _acquire_lock(home)
     try:
@@ -459,7 +472,8 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[Server], None] | No
         listener = await asyncio.start_unix_server(
             server.handle_connection, path=str(socket_path), limit=protocol.MAX_LINE_BYTES
         )
-        os.chmod(socket_path, 0o600)
+        # Shared: anyone may connect; who they are comes from the socket, not the request.
+        os.chmod(socket_path, 0o666 if config.shared else 0o600)
         scheduler = AsyncIOScheduler(event_loop=loop)
         scheduler.add_job(server.periodic_tick, "interval", seconds=TICK_INTERVAL_S, id="tick",
                           coalesce=True, max_instances=1)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine import breaker, checkpoints, enforce, groups, health, policy, provenance, retry
+from engine import userfiles
 from engine.config import Config
 from engine.launcher import LaunchError, Launcher, Observation
 from engine.model import Run, RunState
@@ -372,7 +373,7 @@ class Engine:
             full = health.disk_almost_full(*space)
             if full:
                 findings.append(full)
-        findings.extend(health.fatal_log_lines(health.read_tail(run.log_path)))
+        findings.extend(health.fatal_log_lines(health.read_tail(run.log_path, owner=run.uid)))
         return findings
 
     def _add_warning(self, run: Run, finding: str, now: float) -> None:
@@ -725,7 +726,8 @@ class Engine:
         if resume_from != run.resume_from:
             self.store.update(run.id, RunState.RUNNING, resume_from=resume_from)
             run = self.store.get(run.id) or run
-        if run.checkpoint_dir:
+        # Shared: the shim makes it, as the run's user (root must not make folders where users say).
+        if run.checkpoint_dir and not getattr(self.launcher, "shared", False):
             with contextlib.suppress(OSError):  # a bad folder is the run's to report, in its log
                 Path(run.checkpoint_dir).mkdir(parents=True, exist_ok=True)
         try:
@@ -1104,7 +1106,8 @@ def _read_heartbeat(run: Run) -> dict[str, Any] | None:
     if not run.run_dir:
         return None
     try:
-        beat = json.loads((Path(run.run_dir) / HEARTBEAT_FILE).read_text())
+        with userfiles.open_run_file(Path(run.run_dir) / HEARTBEAT_FILE, run.uid) as file:
+            beat = json.loads(file.read())
     except (OSError, ValueError):
         return None
     return beat if isinstance(beat, dict) else None
@@ -1118,7 +1121,8 @@ def _read_report(run: Run) -> dict[str, Any] | None:
     if not run.run_dir:
         return None
     try:
-        report = json.loads((Path(run.run_dir) / REPORT_FILE).read_text())
+        with userfiles.open_run_file(Path(run.run_dir) / REPORT_FILE, run.uid) as file:
+            report = json.loads(file.read())
     except (OSError, ValueError):
         return None
     return report if isinstance(report, dict) and report else None
@@ -1166,7 +1170,7 @@ def _log_tail(run: Run, tail_bytes: int = 64 << 10) -> bytes:
     if not run.log_path:
         return b""
     try:
-        with open(run.log_path, "rb") as log_file:
+        with userfiles.open_run_file(run.log_path, run.uid) as log_file:
             log_file.seek(0, os.SEEK_END)
             log_file.seek(max(0, log_file.tell() - tail_bytes))
             return log_file.read()

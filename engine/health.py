@@ -485,12 +485,17 @@ def _final_exception(lines: list[str]) -> str | None:
     return None
 
 
-def read_tail(path: str | os.PathLike[str] | None, max_bytes: int = 64 << 10) -> bytes:
-    """The last ``max_bytes`` of a file; ``b""`` if it is missing or unreadable."""
+def read_tail(
+    path: str | os.PathLike[str] | None, max_bytes: int = 64 << 10, *, owner: int | None = None
+) -> bytes:
+    """The last ``max_bytes`` of a file; ``b""`` if it is missing or unreadable (or, on a
+    shared daemon, not a file of ``owner``: see :mod:`engine.userfiles`)."""
     if path is None:
         return b""
+    from engine.userfiles import open_run_file
+
     try:
-        with open(path, "rb") as handle:
+        with open_run_file(path, owner) as handle:
             size = os.fstat(handle.fileno()).st_size
             handle.seek(max(0, size - max_bytes))
             return handle.read(max_bytes)

@@ -67,7 +67,9 @@ class _TailCollector(asyncio.Protocol):
             self.finished.set_result(None)
 
 
-async def run_probe(cmd: str, *, env: dict[str, str], cwd: str, timeout_s: float) -> ProbeResult:
+async def run_probe(
+    cmd: str, *, env: dict[str, str], cwd: str, timeout_s: float, as_user: dict | None = None
+) -> ProbeResult:
     """Run ``sh -c cmd`` and report how it went; never raises (bar cancellation).
 
     Args:
@@ -76,6 +78,8 @@ async def run_probe(cmd: str, *, env: dict[str, str], cwd: str, timeout_s: float
         cwd: the folder to run in (the run's ``cwd``).
         timeout_s: after this long the probe's whole process group gets SIGKILL and
             the result says ``timed_out``.
+        as_user: ``user``, ``group``, ``extra_groups`` and ``umask`` for the spawn, on a
+            shared daemon: the probe runs as the run's user, never as root.
 
     Must be awaited on a running event loop; the loop stays free while the probe runs.
     """
@@ -86,7 +90,7 @@ async def run_probe(cmd: str, *, env: dict[str, str], cwd: str, timeout_s: float
     read_fd, write_fd = os.pipe()
     spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
         "sh", "-c", cmd, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=subprocess.STDOUT,
-        env=env, cwd=cwd, start_new_session=True,
+        env=env, cwd=cwd, start_new_session=True, **(as_user or {}),
     ))
     try:
         # Shielded: cancelled halfway, asyncio would kill the shell but not what it had

@@ -230,8 +230,8 @@ class LocalLauncher(Launcher):
 
     def observe(self, run: Run) -> Observation:
         run_dir = self.run_dir(run)
-        ended = _read_json(run_dir / shim.EXIT_FILE)
-        started = _read_json(run_dir / shim.SHIM_FILE)
+        ended = self._record(run, shim.EXIT_FILE)
+        started = self._record(run, shim.SHIM_FILE)
         if ended is not None:
             return self._exited(run, ended, started)
 
@@ -267,7 +267,7 @@ class LocalLauncher(Launcher):
         return self._finish_unseen(run, run_dir, SHIM_DIED)
 
     def signal(self, run: Run, sig: int) -> bool:
-        child = self._verified_child(run, _read_json(self.run_dir(run) / shim.SHIM_FILE), allow_zombie=True)
+        child = self._verified_child(run, self._record(run, shim.SHIM_FILE), allow_zombie=True)
         if child is None:
             return False
         try:
@@ -279,7 +279,7 @@ class LocalLauncher(Launcher):
     def exit_fd(self, run: Run) -> int | None:
         if not hasattr(os, "pidfd_open"):
             return None
-        started = _read_json(self.run_dir(run) / shim.SHIM_FILE)
+        started = self._record(run, shim.SHIM_FILE)
         popen = self._shims.get(run.id)
         if popen is not None and popen.pid == run.shim_pid:
             popen.poll()  # an exited shim must not hand out an fd that is always readable
@@ -305,6 +305,10 @@ class LocalLauncher(Launcher):
 
     def run_dir(self, run: Run) -> Path:
         return Path(run.run_dir) if run.run_dir else self.runs_dir / str(run.id)
+
+    def _record(self, run: Run, name: str) -> dict | None:
+        """One of the shim's records of ``run`` (``shim.json`` or ``exit.json``)."""
+        return _read_json(self.run_dir(run) / name)
 
     def _make_group(self, run: Run, log_fd: int) -> Path | None:
         """The run's memory cgroup, or ``None`` (no cgroups here, ``--mem 0``, or making
@@ -354,8 +358,8 @@ class LocalLauncher(Launcher):
     def _finish_unseen(self, run: Run, run_dir: Path, detail: str) -> Observation:
         """Nothing of the run is alive and no exit status was read."""
         # The shim writes exit.json before it exits: read again now that it is known dead.
-        started = _read_json(run_dir / shim.SHIM_FILE)
-        ended = _read_json(run_dir / shim.EXIT_FILE)
+        started = self._record(run, shim.SHIM_FILE)
+        ended = self._record(run, shim.EXIT_FILE)
         if ended is not None:
             return self._exited(run, ended, started)
         popen = self._shims.get(run.id)

@@ -10,6 +10,8 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Home:
     root: Path
+    socket: Path | None = None
+    """Where the daemon listens when ``RUNYARD_SOCKET`` does not say (default: in ``root``)."""
 
     @classmethod
     def resolve(cls, explicit: str | os.PathLike | None = None) -> Home:
@@ -29,7 +31,9 @@ class Home:
     @property
     def socket_path(self) -> Path:
         override = os.environ.get("RUNYARD_SOCKET")
-        return Path(override) if override else self.root / "runyard.sock"
+        if override:
+            return Path(override)
+        return self.socket if self.socket is not None else self.root / "runyard.sock"
 
     @property
     def lock_path(self) -> Path:

@@ -21,6 +21,16 @@ everything it forks inherit them from their first instruction:
   processes the OOM killer took (``oom_kills``) and its memory high-water mark
   (``peak_mem_bytes``; page cache included, as the kernel charges it).
 
+In shared mode (``--user UID --gid GID --groups G,... --umask MASK``) the shim starts as
+root and the run as its user. Every file the shim makes or writes (the run folder, the log
+``--log PATH``, ``--mkdir DIR``, the two records) it does with the user's identity as its
+effective one, so a symbolic link the user planted leads nowhere the user could not write
+anyway; it takes root back only to spawn the command (which sets its own uid, gid, groups
+and umask before it execs) and for the cgroup. The user cannot signal or trace it (its real
+uid stays root). It enters ``--cwd DIR`` as the user, and reads the run's environment as
+JSON from ``--env-fd N``: its own environment is kept clean, because an ``LD_PRELOAD`` in
+a user's environment would otherwise be loaded by a root process.
+
 ``box_oom_kills`` is the box-wide ``oom_kill`` count of ``/proc/vmstat`` at launch and at
 the end: without a cgroup, a rise is the only hint that a SIGKILL came from the kernel.
 
@@ -47,6 +57,7 @@ EXIT_NOT_EXECUTABLE = 126
 USAGE_EXIT = 2
 USAGE = (
     "usage: python -I -S engine/shim.py RUN_DIR [--cores N,...] [--cgroup PATH [--cgroup-origin DIR]]"
+    " [--user UID --gid GID --groups G,... --umask MASK --log PATH --cwd DIR --env-fd N [--mkdir DIR]]"
     " -- COMMAND [ARG...]"
 )
 
@@ -318,6 +329,108 @@ def close_cgroup(path: str, *, remove: bool) -> dict:
     return facts
 
 
+# -- shared mode: the run's user ----------------------------------------------------------
+
+
+class Identity:
+    """Who the run is (shared mode), and the switches between that and root."""
+
+    def __init__(self, uid: int, gid: int, groups: tuple[int, ...], umask: int) -> None:
+        self.uid, self.gid, self.groups, self.umask = uid, gid, groups, umask
+
+    def act_as_user(self) -> None:
+        """The user's identity for every permission check; root stays the real and saved
+        uid, so root can be taken back and the user cannot signal or trace the shim."""
+        os.setgroups(list(self.groups))
+        os.setegid(self.gid)
+        os.seteuid(self.uid)
+
+    def act_as_root(self) -> None:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+class _AsRoot:
+    """``with _AsRoot(identity):`` root for the block, the user again after it; nothing
+    without an identity (the shim is then already whoever it should be)."""
+
+    def __init__(self, identity: Identity | None) -> None:
+        self.identity = identity
+
+    def __enter__(self) -> None:
+        if self.identity is not None:
+            self.identity.act_as_root()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.identity is not None:
+            self.identity.act_as_user()
+
+
+def read_env(fd: int) -> dict:
+    """The run's environment, sent by the engine as one JSON object on ``fd``."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    import json  # only in shared mode: the plain path never pays for it
+
+    import json  # only in shared mode: the shim keeps its start-up light otherwise
+
+    env = json.loads(b"".join(chunks))
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError("the environment must map names to strings")
+    return env
+
+
+def prepare_as_user(run_dir: str, log: str | None, cwd: str | None, make_dirs: tuple[str, ...]) -> str | None:
+    """As the user: the run folder, the log on stdout and stderr, the checkpoint folder and
+    the working directory. Returns what went wrong, or ``None``."""
+    try:
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        for name in (SHIM_FILE, EXIT_FILE):  # left over from an earlier attempt
+            try:
+                os.unlink(os.path.join(run_dir, name))
+            except FileNotFoundError:
+                pass
+    except OSError as error:
+        return f"cannot prepare the run folder {run_dir}: {error.strerror}"
+    if log is not None:
+        try:
+            os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            return f"cannot open the log {log}: {error.strerror}"
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    for folder in make_dirs:
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        except OSError as error:  # the run's own business: it may not even use checkpoints
+            say(f"cannot make {folder}: {error.strerror}")
+    if cwd is not None:
+        try:
+            os.chdir(cwd)
+        except OSError as error:
+            return f"cannot enter the working directory {cwd} as its user: {error.strerror}"
+    return None
+
+
+def spawn_as(command: list[str], identity: Identity, env: dict) -> int:
+    """Start ``command`` as the user, in a process group of its own; raises OSError."""
+    import subprocess  # imported by run() already, while root could read it
+
+    with _AsRoot(identity):
+        child = subprocess.Popen(
+            command, env=env, user=identity.uid, group=identity.gid, extra_groups=list(identity.groups),
+            umask=identity.umask, process_group=0, restore_signals=True,
+        )
+    return child.pid  # waited for with waitpid, like a posix_spawn child; no other Popen ever reaps it
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -328,11 +441,24 @@ def run(
     cores: tuple[int, ...] | None = None,
     cgroup: str | None = None,
     cgroup_origin: str | None = None,
+    identity: Identity | None = None,
+    log: str | None = None,
+    cwd: str | None = None,
+    make_dirs: tuple[str, ...] = (),
+    env_fd: int | None = None,
 ) -> int:
     """Start ``command``, wait for it, record the outcome; returns the shim's exit status."""
     for signum in _SHIELDED_SIGNALS:
         signal.signal(signum, _ignore)
     started_at = time.time()
+    env = os.environ
+    if env_fd is not None:
+        try:
+            env = read_env(env_fd)
+        except (OSError, ValueError) as error:
+            say(f"cannot read the run's environment: {error}")
+            return USAGE_EXIT
+        _stdin_from_devnull()
     pinned = pin_to(cores) if cores else None
     joined = join_cgroup(cgroup) if cgroup else False
     start_facts = {
@@ -340,26 +466,43 @@ def run(
         "cgroup": cgroup if joined else None,
         "box_oom_kills": read_box_oom_kills(),
     }
+    problem = None
+    if identity is not None:
+        # Only in shared mode: it costs more than the rest of the shim. Imported now, as
+        # root: the user may not be able to read the interpreter's library.
+        import subprocess  # noqa: F401
+
+        identity.act_as_user()
+        problem = prepare_as_user(run_dir, log, cwd, make_dirs)
     try:
-        # Its own process group (pgid = its pid): the engine signals the command and all
-        # its descendants with one killpg, and the shim stays out of the blast.
-        child_pid = os.posix_spawnp(
-            command[0], command, os.environ, setpgroup=0, setsigdef=_DEFAULT_IN_CHILD, setsigmask=()
-        )
+        if problem is not None:
+            raise PermissionError(errno.EACCES, problem)
+        if identity is not None:
+            child_pid = spawn_as(command, identity, env)
+        else:
+            # Its own process group (pgid = its pid): the engine signals the command and all
+            # its descendants with one killpg, and the shim stays out of the blast.
+            child_pid = os.posix_spawnp(
+                command[0], command, env, setpgroup=0, setsigdef=_DEFAULT_IN_CHILD, setsigmask=()
+            )
     except OSError as error:
-        say(f"cannot start {command[0]}: {error.strerror}")
+        say(problem or f"cannot start {command[0]}: {error.strerror}")
         exit_code = EXIT_NOT_FOUND if error.errno in (errno.ENOENT, errno.ENOTDIR) else EXIT_NOT_EXECUTABLE
-        left = joined and cgroup_origin is not None and leave_cgroup(cgroup, cgroup_origin)
+        with _AsRoot(identity):
+            left = joined and cgroup_origin is not None and leave_cgroup(cgroup, cgroup_origin)
         record_start(run_dir, None, started_at, start_facts)
-        end_facts = close_cgroup(cgroup, remove=left) if joined else {}
+        with _AsRoot(identity):
+            end_facts = close_cgroup(cgroup, remove=left) if joined else {}
         record_exit(run_dir, exit_code, None, time.time(), {**end_facts, "box_oom_kills": read_box_oom_kills()})
         return exit_code
-    left = joined and cgroup_origin is not None and leave_cgroup(cgroup, cgroup_origin)
+    with _AsRoot(identity):
+        left = joined and cgroup_origin is not None and leave_cgroup(cgroup, cgroup_origin)
     record_start(run_dir, child_pid, started_at, start_facts)
     exit_code = os.waitstatus_to_exitcode(wait_for(child_pid))
     ended_at = time.time()
     kill_stragglers(child_pid)
-    end_facts = close_cgroup(cgroup, remove=left) if joined else {}
+    with _AsRoot(identity):
+        end_facts = close_cgroup(cgroup, remove=left) if joined else {}
     end_facts["box_oom_kills"] = read_box_oom_kills()
     signal_text = signal_name(-exit_code) if exit_code < 0 else None
     record_exit(run_dir, exit_code, signal_text, ended_at, end_facts)
@@ -381,6 +524,7 @@ def parse_args(args: list[str]) -> tuple[str, dict, list[str]]:
     if not command:
         raise ValueError("missing the command after --")
     options: dict = {}
+    identity: dict = {}
     rest = head[1:]
     if len(rest) % 2:
         raise ValueError(f"option {rest[-1]} needs a value")
@@ -397,9 +541,41 @@ def parse_args(args: list[str]) -> tuple[str, dict, list[str]]:
             options["cgroup"] = value
         elif name == "--cgroup-origin":
             options["cgroup_origin"] = value
+        elif name in ("--user", "--gid", "--umask", "--env-fd"):
+            try:
+                number = int(value, 8 if name == "--umask" else 10)
+            except ValueError:
+                raise ValueError(f"{name} takes a number; got {value!r}") from None
+            if number < 0:
+                raise ValueError(f"{name} takes a number; got {value!r}")
+            identity[name] = number
+        elif name == "--groups":
+            try:
+                identity[name] = tuple(int(group) for group in value.split(",") if group)
+            except ValueError:
+                raise ValueError(f"--groups takes group ids such as 100,27; got {value!r}") from None
+        elif name in ("--log", "--cwd"):
+            options[name[2:]] = value
+        elif name == "--mkdir":
+            options["make_dirs"] = (*options.get("make_dirs", ()), value)
         else:
             raise ValueError(f"unknown option {name}")
+    if "--env-fd" in identity:
+        options["env_fd"] = identity.pop("--env-fd")
+    if identity:
+        missing = [name for name in ("--user", "--gid", "--groups", "--umask") if name not in identity]
+        if missing:
+            raise ValueError(f"--user needs {', '.join(missing)} too")
+        options["identity"] = Identity(identity["--user"], identity["--gid"], identity["--groups"],
+                                       identity["--umask"])
     return head[0], options, command
+
+
+def _stdin_from_devnull() -> None:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    if fd != 0:
+        os.dup2(fd, 0)
+        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:

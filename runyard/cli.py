@@ -111,6 +111,9 @@ def _add_submit_options(parser: argparse.ArgumentParser, *, sweep: bool = False)
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="runyard", description="A control center for ML experiment runs.")
     parser.add_argument("--daemon", action="store_true", help="run the engine headless in the foreground")
+    parser.add_argument("--shared", action="store_true",
+                        help="with --daemon: one engine for every user of the box (as root; "
+                             "state in /var/lib/runyard, socket /run/runyard/runyard.sock)")
     parser.add_argument("--simulate-gpus", metavar="SPEC",
                         help="pretend the box has these GPUs, e.g. 4x80G or 2x80G,1x24G")
     parser.add_argument("--demo", action="store_true",
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         home = Home.resolve()
         if args.daemon:
             return _run_daemon(home, args)
+        if args.shared:
+            raise CliError("--shared goes with --daemon: runyard --daemon --shared", EXIT_BAD_INPUT)
         if args.command is None:
             return _run_tui(home, args)
         return COMMANDS[args.command](home, args)
@@ -214,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _client(home: Home) -> Client:
-    return Client(home.socket_path)
+    from engine.shared import client_for  # the home's daemon, else the box's shared one
+
+    return client_for(home)
 
 
 def cmd_submit(home: Home, args: argparse.Namespace) -> int:
@@ -771,12 +778,23 @@ def _run_daemon(home: Home, args: argparse.Namespace) -> int:
     from engine.daemon import DaemonConfig, DaemonError, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config_file = None
+    if args.shared:
+        from engine.shared import SYSTEM_CONFIG, shared_home
+        from engine.shared_daemon import missing_capabilities
+
+        missing = missing_capabilities()
+        if missing:
+            raise CliError(f"--shared starts runs as their users: run it as root (this process lacks "
+                           f"{', '.join(missing)})")
+        home = shared_home()
+        config_file = None if os.environ.get("RUNYARD_CONFIG") else SYSTEM_CONFIG
     try:
-        settings = load_config()
+        settings = load_config(config_file)
     except ConfigError as error:
         raise CliError(str(error), EXIT_BAD_INPUT) from None
     try:
-        run(DaemonConfig(home=home, simulate_gpus=args.simulate_gpus, settings=settings))
+        run(DaemonConfig(home=home, simulate_gpus=args.simulate_gpus, settings=settings, shared=args.shared))
     except DaemonError as error:
         raise CliError(str(error)) from None
     return 0

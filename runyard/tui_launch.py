@@ -128,7 +128,9 @@ def launch_tui(home: Home, *, simulate_gpus: str | None, demo: bool, theme: str 
         home = Home(Path(tempfile.mkdtemp(prefix="runyard-demo-")))
         simulate_gpus = simulate_gpus or DEMO_GPUS
     # Short: a hung engine must not freeze quitting for long (the TUI retries anyway).
-    socket_client = Client(home.socket_path, timeout_s=3.0)
+    from engine.shared import client_for  # the home's daemon, else the box's shared one
+
+    socket_client = client_for(home, timeout_s=3.0)
     session: EmbeddedSession | None = None
     client = socket_client
     if not socket_client.is_alive():
