@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("undrain", help="admit runs again")
     status = commands.add_parser("status", help="the engine and the box's resources")
     status.add_argument("--json", action="store_true")
+    from runyard import shared_cmd  # the shared box's commands; argparse only at import
+
+    shared_cmd.add_parsers(commands)
     return parser
 
 
@@ -202,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             raise CliError("--shared goes with --daemon: runyard --daemon --shared", EXIT_BAD_INPUT)
         if args.command is None:
             return _run_tui(home, args)
+        if args.command not in COMMANDS:
+            from runyard import shared_cmd
+
+            return shared_cmd.run(home, args, CliError)
         return COMMANDS[args.command](home, args)
     except CliError as error:
         print(f"runyard: {error}", file=sys.stderr)
