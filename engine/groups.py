@@ -127,6 +127,45 @@ def _row(row: sqlite3.Row, fingerprint: dict | None, baseline: dict | None, now:
     }
 
 
+FIXED_SORT_KEYS = ("id", "state", "time", "wait")
+
+
+def sort_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """What the rows can be sorted by: a few columns, then every parameter and metric."""
+    names = dict.fromkeys(name for row in rows for part in ("params", "metrics") for name in row[part])
+    return [*FIXED_SORT_KEYS, *names]
+
+
+def sort_rows(rows: list[dict[str, Any]], key: str, *, descending: bool = False) -> list[dict[str, Any]]:
+    """By a parameter, a metric, ``id``, ``state``, ``time`` or ``wait``. Numbers compare as
+    numbers (also those written as text, like a parameter's ``1e-3``) and before text; runs
+    without the value, or with NaN (never the best), come last either way.
+
+    Raises:
+        KeyError: ``key`` is none of :func:`sort_keys`.
+    """
+    if key not in sort_keys(rows):
+        raise KeyError(key)
+
+    def value(row: dict[str, Any]) -> Any:
+        fixed = {"id": row["id"], "state": row["state"], "time": row["run_s"], "wait": row["wait_s"]}
+        return fixed[key] if key in fixed else row["metrics"].get(key, row["params"].get(key))
+
+    keyed = [(_order(value(row)), row) for row in rows]
+    present = sorted((pair for pair in keyed if pair[0] is not None), key=lambda pair: pair[0], reverse=descending)
+    return [row for _, row in present] + [row for order, row in keyed if order is None]
+
+
+def _order(value: Any) -> tuple[int, Any] | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return (1, str(value))
+    return None if number != number else (0, number)
+
+
 def run_provenance(conn: sqlite3.Connection, run_id: int, group: str | None) -> tuple[dict | None, list[str]]:
     """A run's record and what drifted from the first recorded run of its group."""
     row = conn.execute("SELECT record FROM provenance WHERE run_id = ?", (run_id,)).fetchone()

@@ -119,42 +119,16 @@ def cmd_group(home: Home, args: argparse.Namespace) -> int:
     return 0
 
 
-def sort_key_names(rows: list[dict[str, Any]]) -> list[str]:
-    return ["id", "state", "time", "wait", *_names(row["params"] for row in rows),
-            *_names(row["metrics"] for row in rows)]
-
-
 def sort_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """By a parameter, a metric, ``id``, ``state``, ``time`` or ``wait``; ``-KEY`` for the
-    largest first. Numbers compare as numbers; runs without the value come last."""
-    descending = key.startswith("-")
+    """``--sort KEY`` (``-KEY``: largest first); see :func:`engine.groups.sort_rows`."""
+    from engine import groups
+
     name = key.lstrip("-")
-    known = sort_key_names(rows)
-    if name not in known:
-        raise cli.CliError(f"--sort {key}: no such column; sort by one of {', '.join(known)}", EXIT_BAD_INPUT)
-
-    def value(row: dict[str, Any]) -> Any:
-        fixed = {"id": row["id"], "state": row["state"], "time": row["run_s"], "wait": row["wait_s"]}
-        if name in fixed:
-            return fixed[name]
-        return row["metrics"].get(name, row["params"].get(name))
-
-    present = [row for row in rows if _number_or_text(value(row)) is not None]
-    missing = [row for row in rows if _number_or_text(value(row)) is None]
-    present.sort(key=lambda row: _number_or_text(value(row)), reverse=descending)
-    return present + missing
-
-
-def _number_or_text(value: Any) -> tuple[int, Any] | None:
-    """Numbers (also numbers written as text, like a parameter's ``1e-3``) before text;
-    NaN counts as missing: it is never the best."""
-    if value is None or isinstance(value, bool):
-        return None
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return (1, str(value))
-    return None if number != number else (0, number)
+        return groups.sort_rows(rows, name, descending=key.startswith("-"))
+    except KeyError:
+        known = ", ".join(groups.sort_keys(rows))
+        raise cli.CliError(f"--sort {key}: no such column; sort by one of {known}", EXIT_BAD_INPUT) from None
 
 
 def _headline(group: dict[str, Any] | None, rows: list[dict[str, Any]]) -> str:

@@ -141,3 +141,61 @@ def test_sweep_with_no_engine_running_queues_in_the_database(yard, tmp_path):
     assert all(r["provenance_sha256"] and r["state"] == "queued" for r in rows)
     assert yard.run(rows[0]["id"])["provenance"]["argv"] == ["true", "1"]
     assert len(json.loads(yard.cli("export").stdout)) == 3
+
+
+# ----------------------------------------------------------------------- the TUI
+
+
+def result_row(run_id, lr, score, *, final=True, drift=()):
+    return {"id": run_id, "name": f"train-{run_id}", "group": "sweep-1", "state": "succeeded",
+            "params": {"lr": lr}, "metrics": {"score": score}, "metrics_final": final, "seed": None,
+            "exit_code": 0, "attempts": 1, "submitted_at": 0.0, "started_at": 1.0, "ended_at": 61.0,
+            "wait_s": 1.0, "run_s": 60.0, "provenance_sha256": "ab", "drift": list(drift)}
+
+
+async def test_group_view_sorts_runs_by_a_metric_and_opens_one():
+    from test_tui import FakeClient, make_app, make_run, wait_for
+    from textual.widgets import DataTable
+
+    from tui.screens.group import GroupScreen
+    from tui.screens.run_detail import RunDetailScreen
+
+    class SweepClient(FakeClient):
+        def call(self, op, **args):
+            if op == "results":
+                self.calls.append((op, args))
+                return {"group": {"name": args["group"]}, "runs": [
+                    result_row(1, "1e-3", 0.5), result_row(2, "1e-4", 0.9, drift=["installed packages changed"]),
+                    result_row(3, "1e-2", 0.7, final=False)]}
+            return super().call(op, **args)
+
+    client = SweepClient(active=[make_run(1, "running", group="sweep-1"), make_run(2, "queued")], finished=[])
+    app = make_app(client)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.last_view is not None, "the first poll")
+        await pilot.press("g")  # on run 1, a member of sweep-1
+        await wait_for(pilot, lambda: isinstance(app.screen, GroupScreen) and app.screen.rows, "the group's rows")
+        screen = app.screen
+        table = screen.query_one(DataTable)
+
+        def ids():
+            return [str(row.key.value) for row in table.ordered_rows]
+
+        assert [str(key.value) for key in table.columns] == ["id", "state", "lr", "score", "time", "drift"]
+        assert ids() == ["1", "2", "3"]
+        assert str(table.get_cell("3", "score")) == "0.7*"  # not final: from the heartbeat
+        assert str(table.get_cell("2", "drift")) == "installed packages changed"
+        for _ in range(5):  # id -> state -> time -> wait -> lr -> score
+            await pilot.press("s")
+        assert screen.sort_key == "score" and ids() == ["1", "3", "2"]
+        await pilot.press("S")  # best score first
+        assert ids() == ["2", "3", "1"] and "by score (largest first)" in str(screen.query_one("#group-title").render())
+        assert screen.current_run_id() == 1  # the cursor stays on its run as the rows move
+        await pilot.press("up", "up", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunDetailScreen), "the run's detail")
+        assert app.screen.run_id == 2
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, "back on the group")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, GroupScreen), "back on the dashboard")

@@ -13,6 +13,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from tui import format as fmt
 from tui.screens.base import RunScreen
+from tui.screens.group import open_group
 
 MAX_RUNS_LISTED = 500
 """"Open run …" hits; past this the palette would only be slower, never more useful."""
@@ -45,6 +46,9 @@ class RunCommands(Provider):
         yield "New run…", "Open the submit form", app.open_submit
         view = getattr(app, "last_view", None)
         if view is not None:
+            for name in dict.fromkeys(str(run["group"]) for run in view.runs if run.get("group")):
+                yield f"Open group {name}", "Its runs with parameters and metrics, sortable", \
+                    partial(open_group, app, name)
             for run in view.runs[:MAX_RUNS_LISTED]:
                 name = f"Open run {run.get('id')} {run.get('name') or ''}".rstrip()
                 yield name, f"{fmt.state_label(str(run.get('state')))} · {run.get('reason') or ''}", \

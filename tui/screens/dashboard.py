@@ -33,6 +33,7 @@ class DashboardScreen(RunScreen):
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("s", "cycle_sort", "Sort", show=False),
         Binding("a", "toggle_all", "All runs", show=False),
+        Binding("g", "open_group", "Group", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -109,6 +110,15 @@ class DashboardScreen(RunScreen):
 
     def action_new_run(self) -> None:
         self.app.open_submit()
+
+    def action_open_group(self) -> None:
+        from tui.screens.group import open_group
+
+        run = self._focused_run()
+        if run is not None and run.get("group"):
+            open_group(self.app, str(run["group"]))
+        elif run is not None:
+            self.app.notify(f"run {run.get('id')} is in no group", timeout=3)
 
     def action_toggle_all(self) -> None:
         self.app.action_toggle_all()
