@@ -190,7 +190,7 @@ class Engine:
             try:
                 # Read now, not when the schedule was made: the firing runs the tree as it is now.
                 spec, diff = self._with_provenance(
-                    replace(self._checked_spec(template), schedule_id=row["id"]), {}, user
+                    replace(self._checked_spec(template), schedule_id=row["id"]), {}, uid, user
                 )
             except RequestError as error:
                 log.warning("schedule %s cannot queue its run: %s", row["id"], error)
@@ -752,7 +752,7 @@ class Engine:
         return self.store.get_meta(DRAINING_KEY) == "1"
 
     def submit(self, args: dict[str, Any], *, uid: int | None, user: str | None) -> Run:
-        spec, diff = self._with_provenance(self._checked_spec(args), args, user)
+        spec, diff = self._with_provenance(self._checked_spec(args), args, uid, user)
         run = self.store.submit(spec, now=self.clock(), uid=uid, user=user)
         _save_diff(run, diff)
         return run
@@ -778,7 +778,7 @@ class Engine:
                 raise RequestError(f"run {index + 1} of the batch is not an object; nothing was queued", EXIT_BAD_INPUT)
             try:
                 spec, diff = self._with_provenance(
-                    self._checked_spec(args), {"git_diff": git_diff, **args}, user, captured
+                    self._checked_spec(args), {"git_diff": git_diff, **args}, uid, user, captured
                 )
             except RequestError as error:
                 raise RequestError(f"run {index + 1} of the batch: {error}", error.code) from None
@@ -792,7 +792,9 @@ class Engine:
             _save_diff(run, diff)
         return runs
 
-    def _with_provenance(self, spec, args: dict[str, Any], user: str | None, captured: dict | None = None):
+    def _with_provenance(
+        self, spec, args: dict[str, Any], uid: int | None, user: str | None, captured: dict | None = None
+    ):
         """The run's provenance record; see :mod:`engine.provenance` for who reads what."""
         from runyard import __version__
 
@@ -802,7 +804,11 @@ class Engine:
         except Exception:  # a driver hiccup must not refuse a submit
             log.exception("cannot read the GPU driver's version")
             gpu = None
-        return provenance.prepare(spec, args, user=user, gpu=gpu, runyard_version=__version__, captured=captured)
+        # git obeys the repository's own config (fsmonitor, filters): the engine runs it
+        # only in a tree of the user it runs as, never as root in someone else's.
+        read_git = uid is None or uid == os.geteuid()
+        return provenance.prepare(spec, args, user=user, gpu=gpu, runyard_version=__version__, captured=captured,
+                                  read_git=read_git)
 
     def _checked_spec(self, args: dict[str, Any]):
         spec = spec_from_request(args, self.config.default_envelope)

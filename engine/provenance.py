@@ -204,12 +204,13 @@ def prepare(
     gpu: Mapping[str, str | None] | None,
     runyard_version: str,
     captured: dict[str, tuple] | None = None,
+    read_git: bool = True,
 ) -> tuple[Any, bytes | None]:
     """``spec`` with its sealed record, and the diff to save once the run has a folder.
 
     The git facts are the client's (``args["provenance"]["git"]``, the diff base64 in
     ``args["git_diff"]``) when it sent them; otherwise read here, once per cwd in
-    ``captured`` (a batch's runs share a working tree).
+    ``captured`` (a batch's runs share a working tree), unless ``read_git`` is false.
     """
     from dataclasses import replace
 
@@ -223,6 +224,8 @@ def prepare(
         diff = decode_diff(args.get("git_diff"))
         if diff is not None and (git or {}).get("diff_sha256") != hashlib.sha256(diff).hexdigest():
             diff = None  # not the diff the facts describe: saving it would mislead
+    elif not read_git:
+        git, diff = {"error": "not read by a shared engine; `runyard submit` records it"}, None
     else:
         memo = captured if captured is not None else {}
         if spec.cwd not in memo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -180,6 +181,16 @@ def test_engine_records_driver_and_flags_drift_in_a_group(rig, tmp_path, repo): 
     assert (Path(engine.describe(second)["log_path"]).parent / "git.diff").read_bytes().startswith(b"diff --git")
     rows = groups.results(engine.store.conn, "g")
     assert [row["drift"] for row in rows] == [[], ["uncommitted changes appeared"]]
+
+
+def test_engine_never_runs_git_in_another_users_tree(rig, tmp_path, repo):  # noqa: F811
+    engine, *_ = rig
+    request = {"argv": ["/bin/true"], "cwd": str(repo), "env": {}, "envelope": {"mem_bytes": 1 << 30}}
+    other = engine.submit(request, uid=os.geteuid() + 1, user="someone")
+    git_facts = engine.describe(other.id)["provenance"]["git"]
+    assert list(git_facts) == ["error"] and "not read" in git_facts["error"]
+    sent = engine.submit({**request, "provenance": {"git": {"commit": "c0ffee"}}}, uid=os.geteuid() + 1, user="x")
+    assert engine.describe(sent.id)["provenance"]["git"] == {"commit": "c0ffee"}  # what their client read
 
 
 def test_final_metrics_are_stored_when_the_attempt_ends(rig, tmp_path):  # noqa: F811
