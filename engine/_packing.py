@@ -141,11 +141,13 @@ class Pool:
             and card.foreign_procs == 0
         )
 
-    def _candidates(self, envelope: Envelope) -> list[int]:
+    def _candidates(self, envelope: Envelope, forbid: Collection[int] = ()) -> list[int]:
+        cards = self._cards
         if envelope.exclusive_gpus:
-            return [p for p in range(len(self._cards)) if self._idle(p)]
+            return [p for p in range(len(cards)) if self._idle(p) and cards[p].index not in forbid]
         need = envelope.gpu_mem_bytes or 0
-        return [p for p in range(len(self._cards)) if self._cards[p].available and self._room(p) >= need]
+        return [p for p in range(len(cards))
+                if cards[p].available and self._room(p) >= need and cards[p].index not in forbid]
 
     def _scalars_fit(self, envelope: Envelope) -> bool:
         return (
@@ -155,27 +157,30 @@ class Pool:
             and all(count <= self._counted.get(name, 0) for name, count in envelope.resources)
         )
 
-    def place(self, envelope: Envelope, avoid: Collection[int] = ()) -> tuple[int, ...] | None:
+    def place(
+        self, envelope: Envelope, avoid: Collection[int] = (), forbid: Collection[int] = ()
+    ) -> tuple[int, ...] | None:
         """GPU indices for ``envelope`` if it fits now (``()`` without GPUs), else ``None``.
 
         Least loaded cards first, ties by lower index; cards in ``avoid`` only when the
-        others are not enough.
+        others are not enough; cards in ``forbid`` never (set aside for a pool or a
+        reservation the run is not part of).
         """
         if not self._scalars_fit(envelope):
             return None
         if envelope.gpus == 0:
             return ()
-        candidates = self._candidates(envelope)
+        candidates = self._candidates(envelope, forbid)
         if len(candidates) < envelope.gpus:
             return None
         cards = self._cards
         candidates.sort(key=lambda p: (cards[p].index in avoid, self._load(p), cards[p].index))
         return tuple(sorted(cards[p].index for p in candidates[: envelope.gpus]))
 
-    def fits(self, envelope: Envelope) -> bool:
-        return self.place(envelope) is not None
+    def fits(self, envelope: Envelope, forbid: Collection[int] = ()) -> bool:
+        return self.place(envelope, forbid=forbid) is not None
 
-    def still_fits(self, envelope: Envelope, claim: Claim) -> bool:
+    def still_fits(self, envelope: Envelope, claim: Claim, forbid: Collection[int] = ()) -> bool:
         """Whether ``envelope``, which fits this pool, would still fit with ``claim`` held too."""
         if (
             envelope.cpus > self.cpus - claim.cpus + CPU_EPSILON
@@ -191,20 +196,20 @@ class Pool:
             return True  # the cards it fitted on are untouched
         self.claim(claim)
         try:
-            return self.fits(envelope)
+            return self.fits(envelope, forbid)
         finally:
             self.release(claim)
 
-    def shortfall(self, envelope: Envelope) -> tuple[str, str] | None:
+    def shortfall(self, envelope: Envelope, forbid: Collection[int] = ()) -> tuple[str, str] | None:
         """The first resource ``envelope`` lacks, as (what it needs, what there is), or ``None``.
 
         GPUs first, they are the scarce resource people watch; then CPUs, memory, disk,
         then named counted resources in name order.
         """
         if envelope.gpus:
-            candidates = self._candidates(envelope)
+            candidates = self._candidates(envelope, forbid)
             if len(candidates) < envelope.gpus:
-                return self._gpu_shortfall(envelope, len(candidates))
+                return self._gpu_shortfall(envelope, len(candidates), forbid)
         if envelope.cpus > self.cpus + CPU_EPSILON:
             return plural(envelope.cpus, "CPU"), f"{format_cpus(self.cpus)} free"
         if envelope.mem_bytes > self.mem_bytes:
@@ -216,8 +221,9 @@ class Pool:
                 return f"{count} {name}", f"{max(0, self._counted.get(name, 0))} free"
         return None
 
-    def _gpu_shortfall(self, envelope: Envelope, usable: int) -> tuple[str, str]:
-        positions = range(len(self._cards))
+    def _gpu_shortfall(self, envelope: Envelope, usable: int, forbid: Collection[int] = ()) -> tuple[str, str]:
+        set_aside = sum(card.index in forbid for card in self._cards)
+        positions = [p for p in range(len(self._cards)) if self._cards[p].index not in forbid]
         unavailable = sum(not self._cards[p].available for p in positions)
         if envelope.exclusive_gpus:
             need = plural(envelope.gpus, "GPU")
@@ -246,11 +252,14 @@ class Pool:
                     have = f"none has that much, most free is {most_free}"
         if unavailable:
             have += f", {unavailable} unavailable"
+        if set_aside:
+            have += f", {set_aside} set aside (a pool or a reservation)"
         return need, have
 
 
 def earliest_fit(
-    envelope: Envelope, pool: Pool, releases: Sequence[tuple[float, int, Claim]], now: float
+    envelope: Envelope, pool: Pool, releases: Sequence[tuple[float, int, Claim]], now: float,
+    forbid: Collection[int] = (),
 ) -> tuple[float, Pool] | None:
     """The first moment ``envelope`` fits as ``releases`` (time, seq, claim) end, and the pool then.
 
@@ -258,7 +267,7 @@ def earliest_fit(
     is not runyard's, so no runyard run can delay it.
     """
     at = pool.copy()
-    if at.fits(envelope):
+    if at.fits(envelope, forbid):
         return now, at
     ordered = sorted(releases, key=lambda release: (release[0], release[1]))
     i = 0
@@ -268,6 +277,6 @@ def earliest_fit(
         while i < len(ordered) and ordered[i][0] == moment:
             at.release(ordered[i][2])
             i += 1
-        if at.fits(envelope):
+        if at.fits(envelope, forbid):
             return moment, at
     return None

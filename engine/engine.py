@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine import breaker, checkpoints, enforce, groups, health, policy, provenance, retry
-from engine import userfiles
+from engine import shared_policy, userfiles
 from engine.config import Config
 from engine.launcher import LaunchError, Launcher, Observation
 from engine.model import Run, RunState
@@ -655,15 +655,18 @@ class Engine:
         own_reasons, cancelled = self._gate(queued, now)
         queued = [run for run in queued if run.id not in cancelled]
         backing_off |= set(own_reasons)
+        extra = shared_policy.inputs(self, queued, running, now)  # fair share, limits, set-aside GPUs
         decision = policy.decide(
             [
-                policy.QueuedRun(run.id, run.envelope, run.priority, run.submitted_at, run.held or run.id in backing_off)
+                policy.QueuedRun(run.id, run.envelope, run.priority, run.submitted_at, run.held or run.id in backing_off,
+                                 **extra.queued(run))
                 for run in queued
             ],
-            [policy.Holding(run.id, run.envelope, run.gpus, run.deadline) for run in running],
+            [policy.Holding(run.id, run.envelope, run.gpus, run.deadline, **extra.holding(run)) for run in running],
             box,
             now,
             draining=self.draining,
+            **extra.options(),
         )
         by_id = {run.id: run for run in queued}
         for run_id, reason in decision.refused.items():

@@ -7,8 +7,9 @@ the same :class:`Decision`.
 
 Rules, in the order :func:`decide` applies them:
 
-1. **Order.** Highest ``priority`` first, then earliest ``submitted_at``, then lowest
-   ``run_id``.
+1. **Order.** Highest ``priority`` first, then the lowest fair-share ``share`` (the
+   submitter's recent usage, :mod:`engine.fairshare`; 0 for all runs when fair share
+   does not apply), then earliest ``submitted_at``, then lowest ``run_id``.
 2. **Refusal.** A run whose envelope exceeds what never changes on this box (GPU count,
    the memory of its cards, CPU count, memory, the capacity of a named counted
    resource, or asks for a name the config does not declare) goes to
@@ -17,7 +18,13 @@ Rules, in the order :func:`decide` applies them:
    make a run wait.
 3. **Held** runs wait ("held: release it with `runyard release 12`"); while
    **draining** every other run waits too ("draining: ..."). Neither blocks nor
-   reserves anything.
+   reserves anything. Nor does a run whose **limit** would be passed: each of its
+   ``accounts`` (a user, a group) with a :class:`Limit` may hold only so many GPUs,
+   CPUs and bytes of memory at once, counting its running runs and this call's starts
+   ("waiting: user alice's limit is 2 GPUs at once, 2 held"); a run that alone asks
+   more than a limit is refused.
+   A run never gets the GPUs in its ``forbid`` (set aside for a pool or a reservation it
+   is not part of), and waits when the others are not enough.
 4. **What is free now.** CPUs: ``box.cpus`` minus what runyard runs hold; other users'
    CPU load is not subtracted, CPUs are time-shared and a busy box only runs slower.
    Memory: ``mem_total - mem_foreign`` minus holdings. Disk: ``disk_free`` minus
@@ -90,6 +97,7 @@ __all__ = [
     "Decision",
     "GpuView",
     "Holding",
+    "Limit",
     "QueuedRun",
     "Start",
     "decide",
@@ -140,6 +148,8 @@ class Holding:
     expected_end: float | None = None
     """Start + time limit; ``None`` when the run has no limit (it may end at any moment
     or never: admission assumes the worst for each purpose)."""
+    accounts: tuple[str, ...] = ()
+    """As :attr:`QueuedRun.accounts`: what it holds counts against their limits."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,21 @@ class QueuedRun:
     priority: int = 0
     submitted_at: float = 0.0
     held: bool = False
+    share: float = 0.0
+    """The submitter's fair-share score: among equal priorities, lower goes first."""
+    accounts: tuple[str, ...] = ()
+    """Who the run counts against for limits (``"user alice"``, ``"group students"``)."""
+    forbid: frozenset[int] = frozenset()
+    """GPU indices the run may not get."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The most an account's running runs may hold at once; ``None``: no limit."""
+
+    gpus: int | None = None
+    cpus: float | None = None
+    mem_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -209,9 +234,10 @@ def never_fits(envelope: Envelope, box: BoxView) -> str | None:
     return None
 
 
-def queue_order(run: QueuedRun) -> tuple[int, float, int]:
-    """Sort key: highest priority, then earliest submitted, then lowest id."""
-    return (-run.priority, run.submitted_at, run.run_id)
+def queue_order(run: QueuedRun) -> tuple[int, float, float, int]:
+    """Sort key: highest priority, then lowest fair-share score, then earliest submitted,
+    then lowest id."""
+    return (-run.priority, run.share, run.submitted_at, run.run_id)
 
 
 def decide(
@@ -221,6 +247,7 @@ def decide(
     now: float,
     *,
     draining: bool = False,
+    limits: Mapping[str, Limit] | None = None,
 ) -> Decision:
     """Decide admissions by the rules in the module docstring.
 
@@ -230,6 +257,7 @@ def decide(
         box: Totals and other users' usage, as probed.
         now: The current Unix time; only compared with ``expected_end`` and time limits.
         draining: Start nothing (held and refused runs are still reported as such).
+        limits: Per account (see :attr:`QueuedRun.accounts`), what its runs may hold.
 
     Returns:
         The starts in order with their GPUs, a reason for every other run.
@@ -240,7 +268,7 @@ def decide(
     ids = [run.run_id for run in queue]
     if len(set(ids)) != len(ids):
         raise ValueError("admission got the same run id twice in the queue; pass each queued run once")
-    return _Admission(holdings, box, now).run(sorted(queue, key=queue_order), draining)
+    return _Admission(holdings, box, now, limits or {}).run(sorted(queue, key=queue_order), draining)
 
 
 @dataclass
@@ -255,13 +283,19 @@ class _Reservation:
 class _Admission:
     """One call of :func:`decide`: the state that evolves as runs are walked in order."""
 
-    def __init__(self, holdings: Sequence[Holding], box: BoxView, now: float) -> None:
+    def __init__(
+        self, holdings: Sequence[Holding], box: BoxView, now: float, limits: Mapping[str, Limit] | None = None
+    ) -> None:
         self.box = box
         self.now = now
         self.pool = Pool(box)
         self.releases: list[tuple[float, int, Claim]] = []
+        self.limits = limits or {}
+        self.used: dict[str, list[float]] = {}
+        """Per limited account: GPUs, CPUs and memory its running runs (and this call's starts) hold."""
         for holding in holdings:
             self._hold(Claim.of(holding.envelope, holding.gpus), holding.expected_end)
+            self._count(holding.accounts, holding.envelope)
         self.reservations: list[_Reservation] = []
         self.reserved_gpus: set[int] = set()
 
@@ -297,7 +331,15 @@ class _Admission:
             if draining:
                 waiting[run.run_id] = DRAINING_REASON
                 continue
-            gpus = None if shape in no_fit else self.pool.place(envelope)
+            if run.accounts and self.limits:
+                over = self._over_limit(run)
+                if over is not None:
+                    kind, text = over
+                    (refused if kind == "refused" else waiting)[run.run_id] = text
+                    continue
+            if run.forbid:
+                shape = (shape, run.forbid)
+            gpus = None if shape in no_fit else self.pool.place(envelope, forbid=run.forbid)
             if gpus is None:
                 no_fit.add(shape)
                 waiting[run.run_id] = ""  # filled below, against the pool after every start
@@ -311,11 +353,12 @@ class _Admission:
                 waiting[run.run_id] = outcome.reason(run, self.now)
             else:
                 starts.append(Start(run.run_id, outcome))
+                self._count(run.accounts, envelope)
         shortfalls: dict[tuple, tuple[str, str] | None] = {}
         for run in unplaceable:
-            shape = _shape(run.envelope)
+            shape = (_shape(run.envelope), run.forbid)
             if shape not in shortfalls:
-                shortfalls[shape] = self.pool.shortfall(run.envelope)
+                shortfalls[shape] = self.pool.shortfall(run.envelope, run.forbid)
             need_have = shortfalls[shape]
             waiting[run.run_id] = f"waiting: needs {need_have[0]}, {need_have[1]}" if need_have else "waiting"
         return Decision(starts=tuple(starts), waiting=waiting, refused=refused)
@@ -323,12 +366,12 @@ class _Admission:
     def _reserve(self, run: QueuedRun) -> None:
         if len(self.reservations) >= MAX_RESERVATIONS:
             return
-        found = earliest_fit(run.envelope, self.pool, self.releases, self.now)
+        found = earliest_fit(run.envelope, self.pool, self.releases, self.now, run.forbid)
         if found is None:
             return
         start_s, pool_at_start = found
         self.reservations.append(_Reservation(run, start_s, pool_at_start))
-        self.reserved_gpus.update(pool_at_start.place(run.envelope) or ())
+        self.reserved_gpus.update(pool_at_start.place(run.envelope, forbid=run.forbid) or ())
 
     def _admit(self, run: QueuedRun, gpus: tuple[int, ...]) -> tuple[int, ...] | _Delay:
         """Hold ``run``'s resources and return its GPUs, or why it would delay a reservation.
@@ -341,7 +384,7 @@ class _Admission:
         claim = Claim.of(envelope, gpus)
         blocker = self._first_delayed(claim, end)
         if blocker is not None and envelope.gpus and self.reserved_gpus:
-            spared = self.pool.place(envelope, avoid=self.reserved_gpus)
+            spared = self.pool.place(envelope, avoid=self.reserved_gpus, forbid=run.forbid)
             if spared is not None and spared != gpus:
                 spared_claim = Claim.of(envelope, spared)
                 if self._first_delayed(spared_claim, end) is None:
@@ -362,8 +405,45 @@ class _Admission:
         for reservation in self.reservations:
             if end is not None and end <= reservation.start_s:
                 continue
-            if not reservation.pool_at_start.still_fits(reservation.run.envelope, claim):
+            if not reservation.pool_at_start.still_fits(reservation.run.envelope, claim, reservation.run.forbid):
                 return reservation
+        return None
+
+    def _count(self, accounts: tuple[str, ...], envelope: Envelope) -> None:
+        for account in accounts:
+            if account in self.limits:
+                used = self.used.setdefault(account, [0, 0.0, 0])
+                used[0] += envelope.gpus
+                used[1] += envelope.cpus
+                used[2] += envelope.mem_bytes
+
+    def _over_limit(self, run: QueuedRun) -> tuple[str, str] | None:
+        """``("refused", why)`` when the run alone is over a limit of one of its accounts,
+        ``("waiting", why)`` when it would be with what the account holds, else ``None``."""
+        envelope = run.envelope
+        for account in run.accounts:
+            limit = self.limits.get(account)
+            if limit is None:
+                continue
+            used = self.used.get(account, [0, 0.0, 0])
+            for asked, held, cap, noun, show in (
+                (envelope.gpus, used[0], limit.gpus, "GPU", None),
+                (envelope.cpus, used[1], limit.cpus, "CPU", None),
+                (envelope.mem_bytes, used[2], limit.mem_bytes, "memory", format_size),
+            ):
+                if cap is None or not asked:
+                    continue
+
+                def amount(value: float, noun: str = noun, show=show) -> str:
+                    return plural(value, noun) if show is None else f"{show(value)} of memory"
+
+                slack = CPU_EPSILON if noun == "CPU" else 0
+                if asked > cap + slack:
+                    return "refused", f"asks {amount(asked)}; {account} may hold at most {amount(cap)} at once"
+                if held + asked > cap + slack:
+                    possessive = f"{account}'" if account.endswith("s") else f"{account}'s"
+                    held_text = format_cpus(held) if noun == "CPU" else (str(held) if show is None else show(held))
+                    return "waiting", f"waiting: {possessive} limit is {amount(cap)} at once, {held_text} held"
         return None
 
 

@@ -1,15 +1,17 @@
 """The daemon's shared mode: its folders, and every request checked against its caller.
 
-:func:`answer` sits between the socket and :meth:`engine.daemon.Server.dispatch`: it
-serves the requests of this module's own features, and on a shared daemon refuses what
-the caller may not do (:mod:`engine.access`), keeps what a submit said about its
-submitter for the launch, checks the submitter can enter the run's cwd, and leaves out of
-``results`` the runs of others. A personal daemon's requests pass through untouched.
+:func:`answer` sits between the socket and :meth:`engine.daemon.Server.dispatch`. On
+any daemon it serves ``share`` and refuses a submit past the submitter's most runs queued
+(``[shared.limits] queued``; nothing is limited unless configured). On a shared daemon it
+also refuses what the caller may not do (:mod:`engine.access`), keeps what a submit said
+about its submitter for the launch, checks the submitter can enter the run's cwd, and
+leaves out of ``results`` the runs of others.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import pwd
@@ -71,11 +73,17 @@ def _chmod_dir(folder, mode: int) -> None:
 
 def answer(server: Server, op: str, args: dict[str, Any], peer: tuple[int, int, int] | None) -> Any:
     """Serve one request (see the module docstring)."""
+    engine = server.engine
+    settings = server.config.settings.shared
+    conn = engine.store.conn
+    if op == "share":
+        return share_report(engine, engine.clock())
     if not server.config.shared:
+        if op in SUBMIT_OPS and peer is not None:
+            check_queued_limits(conn, settings, peer[1], access.user_name(peer[1]), _requests(op, args))
         return server.dispatch(op, args, peer)
-    admin_group = server.config.settings.shared.admin_group
+    admin_group = settings.admin_group
     caller = access.caller_of(peer, admin_group)
-    conn = server.engine.store.conn
     access.check(
         op, args, caller,
         run_owner=lambda run_id: _owner(conn, "SELECT uid, user FROM runs WHERE id = ?", run_id),
@@ -84,6 +92,7 @@ def answer(server: Server, op: str, args: dict[str, Any], peer: tuple[int, int, 
     )
     if op in SUBMIT_OPS:
         _check_cwds(op, args, caller)
+        check_queued_limits(conn, settings, caller.uid, caller.name, _requests(op, args))
     result = server.dispatch(op, args, peer)
     if op == "submit":
         access.record_owner(conn, result["id"], gid=caller.gid, umask=args.get("umask"))
@@ -96,16 +105,106 @@ def answer(server: Server, op: str, args: dict[str, Any], peer: tuple[int, int, 
     return result
 
 
+def _requests(op: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The submit requests in a submit, submit_many or schedule request."""
+    if op == "submit_many":
+        runs = args.get("runs")
+        return [run for run in runs if isinstance(run, dict)] if isinstance(runs, list) else []
+    if op == "schedule":
+        template = args.get("template")
+        return [template] if isinstance(template, dict) else []
+    return [args]
+
+
+def check_queued_limits(conn, settings, uid: int, user: str, requests: list[dict[str, Any]]) -> None:
+    """Refuse a submit that would take a user (or a group of theirs) past its most runs
+    queued; one line, and nothing is queued."""
+    from engine.shared_policy import groups_of
+
+    adding = len(requests)
+    if not adding:
+        return
+    cap = settings.limits_of_user(user).queued
+    if cap is not None:
+        queued = conn.execute("SELECT COUNT(*) FROM runs WHERE state = 'queued' AND uid = ?", (uid,)).fetchone()[0]
+        if queued + adding > cap:
+            raise RequestError(
+                f"{user} has {queued} runs queued and may have at most {cap}; nothing was queued "
+                "(wait for some to start, or cancel some)", EXIT_ERROR,
+            )
+    capped = {name for name, limits in settings.groups.items() if limits.queued is not None}
+    for group in sorted(groups_of(user) & capped):
+        members = _members(group)
+        marks = ",".join("?" * len(members))
+        queued = conn.execute(
+            f"SELECT COUNT(*) FROM runs WHERE state = 'queued' AND user IN ({marks})", tuple(members)
+        ).fetchone()[0]
+        cap = settings.groups[group].queued
+        if queued + adding > cap:
+            raise RequestError(
+                f"group {group} has {queued} runs queued and may have at most {cap}; nothing was queued", EXIT_ERROR
+            )
+
+
+def _members(group: str) -> list[str]:
+    """The group's members: those listed, and those whose primary group it is."""
+    try:
+        entry = grp.getgrnam(group)
+    except KeyError:
+        return []
+    members = set(entry.gr_mem)
+    members.update(user.pw_name for user in pwd.getpwall() if user.pw_gid == entry.gr_gid)
+    return sorted(members)
+
+
+def share_report(engine, now: float) -> dict[str, Any]:
+    """``runyard share``: each user's decayed usage, fair-share standing, runs and limits."""
+    from dataclasses import asdict
+
+    from engine import fairshare
+    from engine.shared_policy import groups_of, usage_book
+
+    settings = engine.config.shared
+    shares = usage_book(engine).shares(engine.store.conn, now)
+    counts: dict[str, dict[str, int]] = {}
+    for user, uid, state, count, gpus in engine.store.conn.execute(
+        "SELECT user, uid, state, COUNT(*), SUM(json_array_length(COALESCE(gpus, '[]'))) FROM runs "
+        "WHERE state IN ('queued', 'running') GROUP BY user, uid, state"
+    ):
+        name = user or (f"uid {uid}" if uid is not None else "?")
+        entry = counts.setdefault(name, {"queued": 0, "running": 0, "gpus_held": 0})
+        entry[state] += count
+        if state == "running":
+            entry["gpus_held"] += gpus or 0
+    users = sorted(set(shares) | set(counts))
+    places = fairshare.standing({user: shares[user].score if user in shares else 0.0 for user in users})
+    rows = []
+    for user in users:
+        share = shares.get(user)
+        limits = {}
+        if not settings.limits_of_user(user).empty:
+            limits[f"user {user}"] = settings.limits_of_user(user)
+        if settings.groups:
+            for group in sorted(groups_of(user) & set(settings.groups)):
+                limits[f"group {group}"] = settings.groups[group]
+        rows.append({
+            "user": user,
+            "gpu_hours": share.gpu_hours if share else 0.0,
+            "cpu_hours": share.cpu_hours if share else 0.0,
+            "score": share.score if share else 0.0,
+            "standing": places[user],
+            **counts.get(user, {"queued": 0, "running": 0, "gpus_held": 0}),
+            "limits": {account: {key: value for key, value in asdict(limit).items() if value is not None}
+                       for account, limit in limits.items()},
+        })
+    rows.sort(key=lambda row: (row["standing"], row["user"]))
+    return {"half_life_s": settings.half_life_s, "cpu_hour_weight": settings.cpu_hour_weight, "users": rows}
+
+
 def _check_cwds(op: str, args: dict[str, Any], caller: access.Caller) -> None:
     """A run its user could not start in is refused now, not at its launch."""
-    if op == "submit_many":
-        requests = args.get("runs") if isinstance(args.get("runs"), list) else []
-    elif op == "schedule":
-        requests = [args.get("template") or {}]
-    else:
-        requests = [args]
-    for request in requests:
-        cwd = request.get("cwd") if isinstance(request, dict) else None
+    for request in _requests(op, args):
+        cwd = request.get("cwd")
         if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
             continue  # the engine's own checks say what is wrong with it
         try:

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-COMMANDS = ("install-service",)
+NEEDS_ENGINE = "needs a running engine: start one with `runyard --daemon` (or ask for the shared one)"
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -25,12 +25,20 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     install.add_argument("--user", action="store_true", help="a user unit for your personal daemon")
     install.add_argument("--print", dest="print_only", action="store_true", help="print the unit, write nothing")
     install.add_argument("--path", help="write here instead of the systemd folder")
+    share = commands.add_parser(
+        "share", help="each user's recent GPU- and CPU-hours and fair-share standing",
+        description="Each user's usage, decayed by the fair-share half-life, and their standing: among runs of "
+                    "equal priority, the user with standing 1 goes first. Also their runs and limits.",
+    )
+    share.add_argument("--json", action="store_true")
 
 
 def run(home: Any, args: argparse.Namespace, error_type: type[Exception]) -> int:
     """Run ``args.command``; ``error_type(message, code)`` is the CLI's one-line error."""
     if args.command == "install-service":
         return install_service(args, error_type)
+    if args.command == "share":
+        return show_share(_call(home, "share", error_type), args)
     raise error_type(f"unknown command {args.command}")
 
 
@@ -54,5 +62,40 @@ def install_service(args: argparse.Namespace, error_type) -> int:
     return 0
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
+def _call(home: Any, op: str, error_type: type[Exception], **request: Any) -> Any:
+    from engine.client import DaemonUnavailable
+    from engine.shared import client_for
+
+    try:
+        return client_for(home).call(op, **request)
+    except DaemonUnavailable:
+        raise error_type(f"`runyard {op}` {NEEDS_ENGINE}") from None
+
+
+def show_share(report: dict[str, Any], args: argparse.Namespace) -> int:
+    from engine.units import format_duration, format_size
+
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"usage decays with a half-life of {format_duration(report['half_life_s'])}; "
+          f"a CPU-hour counts as {report['cpu_hour_weight']:g} GPU-hour")
+    rows = [("STANDING", "USER", "GPU-H", "CPU-H", "SCORE", "RUNNING", "QUEUED", "GPUS", "LIMITS")]
+    for row in report["users"]:
+        limits = []
+        for account, values in row["limits"].items():
+            parts = [f"{values['gpus']} GPUs" if "gpus" in values else None,
+                     f"{values['cpus']:g} CPUs" if "cpus" in values else None,
+                     f"{format_size(values['mem_bytes'])} memory" if "mem_bytes" in values else None,
+                     f"{values['queued']} queued" if "queued" in values else None]
+            limits.append(f"{account}: " + ", ".join(part for part in parts if part))
+        rows.append((str(row["standing"]), row["user"], f"{row['gpu_hours']:.1f}", f"{row['cpu_hours']:.1f}",
+                     f"{row['score']:.2f}", str(row["running"]), str(row["queued"]), str(row["gpus_held"]),
+                     "; ".join(limits) or "-"))
+    if len(rows) == 1:
+        print("no usage yet")
+        return 0
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0

@@ -289,7 +289,8 @@ def test_each_user_acts_on_their_own_runs_only(shared):
 
     (shared.work[USER_A] / "go").touch()
     assert shared.wait_state(run_id, "succeeded")["exit_code"] == 0
-    # Owner's own actions work: retry it, then cancel the new attempt.
+    # Owner's own actions work: retry it, then cancel the new attempt (which waits for go again).
+    (shared.work[USER_A] / "go").unlink()
     shared.cli(USER_A, "retry", str(run_id))
     shared.cli(USER_A, "cancel", str(run_id))
     shared.wait_state(run_id, "cancelled")
