@@ -538,6 +538,8 @@ class Engine:
         )
 
     def _finish(self, run: Run, observation: Observation, now: float) -> None:
+        if shared_policy.finish_preempted(self, run, observation, now):
+            return
         self._term_delivered.discard(run.id)
         state, reason, failure_class = _outcome(run, observation)
         if failure_class == retry.EXIT and _log_shows_cuda_oom(run):
@@ -669,6 +671,7 @@ class Engine:
             **extra.options(),
         )
         by_id = {run.id: run for run in queued}
+        shared_policy.preempt(self, decision.preempt, now)
         for run_id, reason in decision.refused.items():
             self.store.transition(
                 run_id, RunState.QUEUED, RunState.FAILED, f"refused: {reason}", now=now, ended_at=now

@@ -64,6 +64,12 @@ Rules, in the order :func:`decide` applies them:
      S may be optimistic for a run queued behind another blocked run; what it protects
      against is still exactly the runs behind it.
 
+8. **Preemption.** A run that cannot start now, and would fit if some running
+   ``preemptible`` runs of lower priority were stopped, gets them in
+   ``Decision.preempt`` (lowest priority first, then the newest) and waits for them to
+   go ("waiting: preempting run 5 (priority 0)"); a run is preempted for one run per call
+   at most, and a run not marked preemptible never is.
+
 Waiting reasons name the first missing resource (GPUs, then CPUs, memory, disk, named
 resources in name order), with
 numbers measured after this call's starts; a run held back by a reservation names the
@@ -150,6 +156,9 @@ class Holding:
     or never: admission assumes the worst for each purpose)."""
     accounts: tuple[str, ...] = ()
     """As :attr:`QueuedRun.accounts`: what it holds counts against their limits."""
+    priority: int = 0
+    preemptible: bool = False
+    """It may be stopped (and requeued) to let a run of higher priority start."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,8 @@ class Decision:
     ``held``/``draining``)."""
     refused: Mapping[int, str] = field(default_factory=dict)
     """Queued runs that can never fit this box, with a one-line reason naming the resource."""
+    preempt: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    """Queued run -> the running preemptible runs to stop so that it can start (rule 8)."""
 
 
 MAX_RESERVATIONS = 32
@@ -293,9 +304,13 @@ class _Admission:
         self.limits = limits or {}
         self.used: dict[str, list[float]] = {}
         """Per limited account: GPUs, CPUs and memory its running runs (and this call's starts) hold."""
+        self.preemptible: dict[int, Holding] = {}
+        """Running runs that may still be preempted in this call."""
         for holding in holdings:
             self._hold(Claim.of(holding.envelope, holding.gpus), holding.expected_end)
             self._count(holding.accounts, holding.envelope)
+            if holding.preemptible:
+                self.preemptible[holding.run_id] = holding
         self.reservations: list[_Reservation] = []
         self.reserved_gpus: set[int] = set()
 
@@ -310,6 +325,7 @@ class _Admission:
         waiting: dict[int, str] = {}
         refused: dict[int, str] = {}
         unplaceable: list[QueuedRun] = []
+        preempt: dict[int, tuple[int, ...]] = {}
         # Memos keep a 10,000-run queue of a few shapes cheap. Within one call resources only
         # shrink and reservations only accumulate, so a shape that did not fit cannot fit
         # later, and one that would delay a reservation would still delay it (at worst a
@@ -342,6 +358,16 @@ class _Admission:
             gpus = None if shape in no_fit else self.pool.place(envelope, forbid=run.forbid)
             if gpus is None:
                 no_fit.add(shape)
+                victims = self._victims(run) if self.preemptible else ()
+                if victims:
+                    preempt[run.run_id] = victims
+                    waiting[run.run_id] = "waiting: preempting " + ", ".join(
+                        f"run {victim} (priority {self.preemptible[victim].priority})" for victim in victims
+                    )
+                    for victim in victims:
+                        del self.preemptible[victim]
+                    self._reserve(run)
+                    continue
                 waiting[run.run_id] = ""  # filled below, against the pool after every start
                 unplaceable.append(run)
                 self._reserve(run)
@@ -361,7 +387,7 @@ class _Admission:
                 shortfalls[shape] = self.pool.shortfall(run.envelope, run.forbid)
             need_have = shortfalls[shape]
             waiting[run.run_id] = f"waiting: needs {need_have[0]}, {need_have[1]}" if need_have else "waiting"
-        return Decision(starts=tuple(starts), waiting=waiting, refused=refused)
+        return Decision(starts=tuple(starts), waiting=waiting, refused=refused, preempt=preempt)
 
     def _reserve(self, run: QueuedRun) -> None:
         if len(self.reservations) >= MAX_RESERVATIONS:
@@ -408,6 +434,34 @@ class _Admission:
             if not reservation.pool_at_start.still_fits(reservation.run.envelope, claim, reservation.run.forbid):
                 return reservation
         return None
+
+    def _victims(self, run: QueuedRun) -> tuple[int, ...]:
+        """The fewest preemptible runs of lower priority, lowest priority and newest first,
+        whose stopping lets ``run`` fit now; ``()`` when none would."""
+        candidates = sorted(
+            (holding for holding in self.preemptible.values() if holding.priority < run.priority),
+            key=lambda holding: (holding.priority, -holding.run_id),
+        )
+        if not candidates:
+            return ()
+        trial = self.pool.copy()
+        chosen: list[Holding] = []
+        for holding in candidates:
+            trial.release(Claim.of(holding.envelope, holding.gpus))
+            chosen.append(holding)
+            if trial.fits(run.envelope, run.forbid):
+                break
+        else:
+            return ()
+        # Keep only those it needs: one taken for its CPUs may be spared once a later one
+        # freed both CPUs and the GPU.
+        for holding in list(chosen):
+            trial.claim(Claim.of(holding.envelope, holding.gpus))
+            if trial.fits(run.envelope, run.forbid):
+                chosen.remove(holding)
+            else:
+                trial.release(Claim.of(holding.envelope, holding.gpus))
+        return tuple(holding.run_id for holding in chosen)
 
     def _count(self, accounts: tuple[str, ...], envelope: Envelope) -> None:
         for account in accounts:

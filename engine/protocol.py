@@ -26,7 +26,7 @@ EXIT_NO_SUCH_RUN = 3
 OPS = (
     "hello", "submit", "ls", "show", "cancel", "hold", "release", "drain", "undrain", "status",
     "usage", "history", "priority", "preview", "retry", "submit_many", "schedule", "schedules", "unschedule",
-    "results",
+    "results", "share", "reserve", "reservations", "unreserve",
 )
 
 

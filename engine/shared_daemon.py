@@ -18,9 +18,10 @@ import pwd
 import stat
 from typing import TYPE_CHECKING, Any
 
-from engine import access, userfiles
+from engine import access, reservations, userfiles
 from engine.paths import Home
-from engine.protocol import EXIT_BAD_INPUT, EXIT_ERROR, RequestError
+from engine.protocol import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_NO_SUCH_RUN, RequestError
+from engine.units import UnitError, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from engine.daemon import Server
@@ -76,33 +77,155 @@ def answer(server: Server, op: str, args: dict[str, Any], peer: tuple[int, int, 
     engine = server.engine
     settings = server.config.settings.shared
     conn = engine.store.conn
+    shared = server.config.shared
+    admin_group = settings.admin_group
+    if shared:
+        caller = access.caller_of(peer, admin_group)
+    else:  # one user: whoever may reach the socket owns everything behind it
+        uid, gid = (peer[1], peer[2]) if peer else (os.getuid(), os.getgid())
+        caller = access.Caller(uid=uid, gid=gid, name=access.user_name(uid), admin=True)
     if op == "share":
         return share_report(engine, engine.clock())
-    if not server.config.shared:
-        if op in SUBMIT_OPS and peer is not None:
-            check_queued_limits(conn, settings, peer[1], access.user_name(peer[1]), _requests(op, args))
-        return server.dispatch(op, args, peer)
-    admin_group = settings.admin_group
-    caller = access.caller_of(peer, admin_group)
-    access.check(
-        op, args, caller,
-        run_owner=lambda run_id: _owner(conn, "SELECT uid, user FROM runs WHERE id = ?", run_id),
-        schedule_owner=lambda schedule_id: _schedule_owner(conn, schedule_id),
-        admin_group=admin_group,
-    )
+    if op in RESERVATION_OPS:
+        return reservation_op(server, op, args, caller)
+    if shared:
+        access.check(
+            op, args, caller,
+            run_owner=lambda run_id: _owner(conn, "SELECT uid, user FROM runs WHERE id = ?", run_id),
+            schedule_owner=lambda schedule_id: _schedule_owner(conn, schedule_id),
+            admin_group=admin_group,
+        )
+    options: list[reservations.RunOptions] = []
     if op in SUBMIT_OPS:
-        _check_cwds(op, args, caller)
-        check_queued_limits(conn, settings, caller.uid, caller.name, _requests(op, args))
+        if shared:
+            _check_cwds(op, args, caller)
+        if peer is not None or shared:
+            check_queued_limits(conn, settings, caller.uid, caller.name, _requests(op, args))
+        options = [run_options(settings, request) for request in _requests(op, args)]
     result = server.dispatch(op, args, peer)
     if op == "submit":
-        access.record_owner(conn, result["id"], gid=caller.gid, umask=args.get("umask"))
+        _submitted(conn, shared, caller, [result], [args], options)
     elif op == "submit_many":
-        for run, request in zip(result, args.get("runs") or []):
-            access.record_owner(conn, run["id"], gid=caller.gid, umask=request.get("umask"))
-    elif op == "results" and not caller.admin and isinstance(result, dict):
+        _submitted(conn, shared, caller, result, _requests(op, args), options)
+    elif op == "show" and isinstance(result, dict):
+        found = reservations.options_of(conn, [result["id"]]).get(result["id"], reservations.RunOptions())
+        result = dict(result, pool=found.pool, preemptible=found.preemptible)
+    elif op == "results" and shared and not caller.admin and isinstance(result, dict):
         mine = {row[0] for row in conn.execute("SELECT id FROM runs WHERE uid = ?", (caller.uid,))}
         result = dict(result, runs=[row for row in result.get("runs", []) if row.get("id") in mine])
     return result
+
+
+def _submitted(conn, shared: bool, caller: access.Caller, runs: list, requests: list, options: list) -> None:
+    for run, request, chosen in zip(runs, requests, options):
+        if shared:
+            access.record_owner(conn, run["id"], gid=caller.gid, umask=request.get("umask"))
+        reservations.record_options(conn, run["id"], chosen)
+
+
+def run_options(settings, request: dict[str, Any]) -> reservations.RunOptions:
+    """A submit's ``pool`` and ``preemptible``, checked; a pool run's time limit is set to
+    the pool's longest when it gives none (the request is changed in place)."""
+    pool, preemptible = request.get("pool"), request.get("preemptible", False)
+    if not isinstance(preemptible, bool):
+        raise RequestError("preemptible must be true or false; nothing was queued", EXIT_BAD_INPUT)
+    if pool is None:
+        return reservations.RunOptions(None, preemptible)
+    if not isinstance(pool, str) or pool not in settings.pools:
+        known = ", ".join(sorted(settings.pools)) or "none is configured ([shared.pools] in the config)"
+        raise RequestError(f"--pool {pool!r}: no such pool (pools: {known}); nothing was queued", EXIT_BAD_INPUT)
+    config = settings.pools[pool]
+    # The envelope comes parsed ("envelope") or, from a newer CLI, as typed ("options").
+    envelope = dict(request["envelope"]) if isinstance(request.get("envelope"), dict) else {}
+    typed = request.get("options") if isinstance(request.get("options"), dict) else None
+    gpus, limit = envelope.get("gpus"), envelope.get("time_limit_s")
+    if typed is not None:
+        with contextlib.suppress(TypeError, ValueError, UnitError):  # the engine reports a bad value itself
+            gpus = int(typed["gpus"]) if typed.get("gpus") is not None else gpus
+            limit = parse_duration(str(typed["time"])) if typed.get("time") else limit
+    if isinstance(gpus, int) and gpus > len(config.gpus):
+        raise RequestError(f"asks {gpus} GPUs; pool {pool} has {len(config.gpus)}; nothing was queued", EXIT_BAD_INPUT)
+    if config.max_time_s is not None:
+        if limit is None:
+            if typed is not None:
+                request["options"] = dict(typed, time=format_duration(config.max_time_s))
+            else:
+                request["envelope"] = dict(envelope, time_limit_s=config.max_time_s)
+        elif isinstance(limit, (int, float)) and limit > config.max_time_s:
+            raise RequestError(
+                f"pool {pool} allows runs of at most {format_duration(config.max_time_s)}; "
+                f"give --time {format_duration(config.max_time_s)} or less; nothing was queued", EXIT_BAD_INPUT,
+            )
+    return reservations.RunOptions(pool, preemptible)
+
+
+RESERVATION_OPS = ("reserve", "reservations", "unreserve")
+
+
+def reservation_op(server: Server, op: str, args: dict[str, Any], caller: access.Caller) -> Any:
+    engine = server.engine
+    conn = engine.store.conn
+    settings = server.config.settings.shared
+    now = engine.clock()
+    if op == "reservations":
+        return [reservation.to_json() for reservation in reservations.current(conn, now)]
+    if op == "unreserve":
+        reservation_id = access._id(args.get("id"), "reservation", "runyard reservations")
+        found = reservations.get(conn, reservation_id)
+        if found is None:
+            raise RequestError(f"no reservation {reservation_id}; `runyard reservations` lists them", EXIT_NO_SUCH_RUN)
+        if not caller.admin and caller.name not in (found.user, found.created_by):
+            raise RequestError(f"reservation {reservation_id} is {found.user}'s: only they, who made it, "
+                               "or an admin may remove it", EXIT_ERROR)
+        reservations.cancel(conn, reservation_id)
+        server.wake()
+        return dict(found.to_json(), cancelled=True)
+    count, start, duration = args.get("gpus"), args.get("start"), args.get("duration_s")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise RequestError("--gpus must be a whole number of GPUs, 1 or more", EXIT_BAD_INPUT)
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or start != start:
+        raise RequestError("--from must be a time (a Unix time in the request)", EXIT_BAD_INPUT)
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 < duration < 366 * 86400:
+        raise RequestError("--for must be a duration longer than 0s and shorter than a year", EXIT_BAD_INPUT)
+    start = max(float(start), now)
+    end = start + float(duration)
+    user = args.get("user") or caller.name
+    if not isinstance(user, str):
+        raise RequestError("--user must be a user name", EXIT_BAD_INPUT)
+    if user != caller.name and not caller.admin:
+        raise RequestError(f"only an admin may reserve for another user ({user}); reserve for yourself", EXIT_ERROR)
+    if server.config.shared:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise RequestError(f"--user {user}: no such user on this box", EXIT_BAD_INPUT) from None
+    cap = settings.limits_of_user(user).gpus
+    if cap is not None and count > cap:
+        raise RequestError(f"{user} may hold at most {cap} GPUs at once; a reservation of {count} is refused",
+                           EXIT_ERROR)
+    box = engine.sample().box
+    indices = [gpu.index for gpu in box.gpus if gpu.available]
+    taken = set(settings.pooled_gpus)
+    for other in reservations.current(conn, now):
+        if other.start < end and start < other.end:
+            taken.update(other.gpus)
+    gpus = reservations.choose_gpus(count, indices, taken)
+    if gpus is None:
+        free = len([index for index in indices if index not in taken])
+        raise RequestError(
+            f"asks {count} GPUs from {_stamp(start)} for {format_duration(duration)}; "
+            f"only {free} of this box's {len(box.gpus)} are outside pools and other reservations then "
+            "(`runyard reservations` lists them)", EXIT_ERROR,
+        )
+    made = reservations.add(conn, user=user, gpus=gpus, start=start, end=end, created_by=caller.name, now=now)
+    server.wake()
+    return made.to_json()
+
+
+def _stamp(at: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
 
 
 def _requests(op: str, args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import fairshare
+from engine import fairshare, reservations
 from engine.model import Run
 from engine.policy import Limit
 from engine.shared_config import Limits, SharedSettings
@@ -30,6 +30,8 @@ class AdmissionInputs:
     limits: dict[str, Limit] = field(default_factory=dict)
     forbid: dict[int, frozenset[int]] = field(default_factory=dict)
     """Run id -> GPU indices it may not get."""
+    preemptible: set[int] = field(default_factory=set)
+    """Running runs that may be preempted."""
 
     def queued(self, run: Run) -> dict[str, Any]:
         """Extra :class:`engine.policy.QueuedRun` fields of ``run``."""
@@ -45,8 +47,13 @@ class AdmissionInputs:
 
     def holding(self, run: Run) -> dict[str, Any]:
         """Extra :class:`engine.policy.Holding` fields of ``run``."""
+        extra: dict[str, Any] = {}
         accounts = self.accounts.get(user_of(run))
-        return {"accounts": accounts} if accounts else {}
+        if accounts:
+            extra["accounts"] = accounts
+        if run.id in self.preemptible and run.stop_request is None:
+            extra.update(priority=run.priority, preemptible=True)
+        return extra
 
     def options(self) -> dict[str, Any]:
         """Extra keyword arguments of :func:`engine.policy.decide`."""
@@ -125,4 +132,56 @@ def inputs(engine: Any, queued: Iterable[Run], running: Iterable[Run], now: floa
             if accounts:
                 result.accounts[user] = accounts
                 result.limits.update(limits)
+    conn = engine.store.conn
+    options = reservations.options_of(conn, [run.id for run in queued] + [run.id for run in running])
+    result.preemptible = {run.id for run in running if options.get(run.id, NO_OPTIONS).preemptible}
+    held = reservations.current(conn, now)
+    if settings.pools or held:
+        indices = [gpu.index for gpu in engine.sample().box.gpus]
+        for run in queued:
+            banned = reservations.forbidden(
+                user=user_of(run), time_limit_s=run.envelope.time_limit_s, pool=options.get(run.id, NO_OPTIONS).pool,
+                now=now, reservations=held, pools=settings.pools, gpu_indices=indices,
+            )
+            if banned:
+                result.forbid[run.id] = banned
     return result
+
+
+NO_OPTIONS = reservations.RunOptions()
+
+
+def preempt(engine: Any, victims_by_run: dict[int, tuple[int, ...]], now: float) -> None:
+    """Ask each victim to stop (SIGTERM now, SIGKILL after its grace) so that the run that
+    needs its resources can start; :func:`finish_preempted` requeues it when it ends."""
+    from engine.model import RunState
+
+    for run_id, victims in victims_by_run.items():
+        for victim_id in victims:
+            victim = engine.store.get(victim_id)
+            if victim is None or victim.state is not RunState.RUNNING or victim.stop_request is not None:
+                continue
+            why = f"preempted for run {run_id} (priority {engine.get(run_id).priority})"
+            engine._request_stop(victim, "preempt", why, now)
+            engine._supervise(engine.store.get(victim_id) or victim, now)
+
+
+def finish_preempted(engine: Any, run: Run, observation: Any, now: float) -> bool:
+    """Requeue a preempted run that ended, as a new attempt that resumes from its newest
+    checkpoint; no retry is used up. ``False`` for any other run."""
+    from engine.engine import _fresh_attempt_fields
+    from engine.model import RunState
+
+    if run.stop_request != "preempt":
+        return False
+    engine._term_delivered.discard(run.id)
+    how = f"killed by {observation.signal}" if observation.signal else f"exit code {observation.exit_code}"
+    reason = f"{run.stop_detail}; {how}"
+    record = {"ended_at": observation.ended_at or now, "state": RunState.QUEUED.value, "reason": reason,
+              "exit_code": observation.exit_code, "signal": observation.signal, "failure_class": "preempted"}
+    next_attempt = run.attempt + 1
+    engine.store.end_attempt(
+        run, RunState.QUEUED, f"waiting: attempt {next_attempt}, {run.stop_detail}",
+        now=now, record=record, failure_class="preempted", **_fresh_attempt_fields(run, next_attempt), not_before=None,
+    )
+    return True

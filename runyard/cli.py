@@ -104,6 +104,10 @@ def _add_submit_options(parser: argparse.ArgumentParser, *, sweep: bool = False)
         order.add_argument("--cron", metavar="EXPR",
                            help="queue a new run from this template on a crontab schedule, e.g. '0 2 * * *'")
     parser.add_argument("--seed", type=int, help="the run's seed: recorded, and given to it as RUNYARD_SEED")
+    parser.add_argument("--pool", help="run on the GPUs set aside for this pool ([shared.pools] in the config)")
+    parser.add_argument("--preemptible", action="store_true",
+                        help="may be stopped (SIGTERM, grace, requeued to resume from its checkpoint) "
+                             "so that a run of higher priority starts")
     parser.add_argument("--json", action="store_true", help="print the run as JSON")
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
@@ -242,6 +246,8 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
         run = _client(home).call("submit", **request)
         offline = False
     except DaemonUnavailable:
+        if request.get("pool") or request.get("preemptible"):
+            raise CliError(f"--pool and --preemptible need a running engine: {NO_ENGINE_HINT}") from None
         run = _submit_offline(home, request)
         offline = True
     if args.json:
@@ -305,6 +311,8 @@ def _submit_request(args: argparse.Namespace) -> dict[str, Any]:
         "health": health_policy.to_dict() if health_policy else None,
         "seed": args.seed,
         "umask": _umask(),
+        "pool": args.pool,
+        "preemptible": args.preemptible,
     }
     if args.at:
         request["at"] = _start_time(args.at)

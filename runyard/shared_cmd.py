@@ -31,6 +31,22 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                     "equal priority, the user with standing 1 goes first. Also their runs and limits.",
     )
     share.add_argument("--json", action="store_true")
+    reserve = commands.add_parser(
+        "reserve", help="hold GPUs for a user over a window",
+        description="Hold GPUs for a window: no run of anyone else that could reach into the window starts on "
+                    "them (a run whose --time ends it before the window may). Example: "
+                    "runyard reserve --gpus 2 --from 14:00 --for 4h",
+    )
+    reserve.add_argument("--gpus", type=int, required=True, help="how many GPUs")
+    reserve.add_argument("--from", dest="start", default="+0s", metavar="TIME",
+                         help="when the window opens: 14:30, '2026-12-01 02:00', +2h (default: now)")
+    reserve.add_argument("--for", dest="duration", required=True, metavar="DURATION", help="how long, e.g. 4h")
+    reserve.add_argument("--user", help="for this user (an admin's to give; default: you)")
+    reserve.add_argument("--json", action="store_true")
+    listing = commands.add_parser("reservations", help="the reservations whose window has not ended")
+    listing.add_argument("--json", action="store_true")
+    unreserve = commands.add_parser("unreserve", help="remove a reservation")
+    unreserve.add_argument("id")
 
 
 def run(home: Any, args: argparse.Namespace, error_type: type[Exception]) -> int:
@@ -39,6 +55,23 @@ def run(home: Any, args: argparse.Namespace, error_type: type[Exception]) -> int
         return install_service(args, error_type)
     if args.command == "share":
         return show_share(_call(home, "share", error_type), args)
+    if args.command == "reserve":
+        return reserve(home, args, error_type)
+    if args.command == "reservations":
+        found = _call(home, "reservations", error_type)
+        if args.json:
+            print(json.dumps(found, indent=2))
+        elif not found:
+            print("no reservations")
+        for item in [] if args.json else found:
+            print(_describe(item))
+        return 0
+    if args.command == "unreserve":
+        if not args.id.isdigit():
+            raise error_type(f"{args.id!r} is not a reservation id (a number, as `runyard reservations` shows)", 2)
+        removed = _call(home, "unreserve", error_type, id=int(args.id))
+        print(f"reservation {removed['id']} removed")
+        return 0
     raise error_type(f"unknown command {args.command}")
 
 
@@ -70,6 +103,39 @@ def _call(home: Any, op: str, error_type: type[Exception], **request: Any) -> An
         return client_for(home).call(op, **request)
     except DaemonUnavailable:
         raise error_type(f"`runyard {op}` {NEEDS_ENGINE}") from None
+
+
+def reserve(home: Any, args: argparse.Namespace, error_type: type[Exception]) -> int:
+    import time
+
+    from engine.schedules import ScheduleError, parse_at
+    from engine.units import UnitError, parse_duration
+
+    try:
+        start = parse_at(args.start, time.time())
+    except ScheduleError as error:
+        raise error_type(str(error).replace("--at", "--from", 1), 2) from None
+    try:
+        duration = parse_duration(args.duration)
+    except UnitError as error:
+        raise error_type(f"--for {args.duration!r}: {error}", 2) from None
+    made = _call(home, "reserve", error_type, gpus=args.gpus, start=start, duration_s=duration, user=args.user)
+    if args.json:
+        print(json.dumps(made, indent=2))
+    else:
+        print(_describe(made))
+    return 0
+
+
+def _describe(item: dict[str, Any]) -> str:
+    import time
+
+    def stamp(at: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+
+    gpus = ",".join(map(str, item["gpus"]))
+    window = f"from {stamp(item['start'])} to {stamp(item['end'])}"
+    return f"reservation {item['id']}: GPUs {gpus} for {item['user']} {window}"
 
 
 def show_share(report: dict[str, Any], args: argparse.Namespace) -> int:

@@ -51,8 +51,8 @@ def test_scores_weigh_gpu_hours_and_cpu_hours_and_standing_orders_them():
 def test_the_book_keeps_a_running_total_that_matches_a_fresh_count(rig, tmp_path):
     engine, launcher, clock, _ = rig
     for user in ("alice", "bob", "alice"):
-        run_id = engine.submit({"argv": ["/bin/true"], "cwd": str(tmp_path), "envelope": {"cpus": 2, "mem_bytes": G}},
-                               uid=1, user=user).id
+        request = {"argv": ["/bin/true"], "cwd": str(tmp_path), "envelope": {"cpus": 2, "mem_bytes": G}}
+        run_id = engine.submit(request, uid=1, user=user).id
         engine.tick()
         clock.now += H
         launcher.exits[run_id] = 0
@@ -87,7 +87,8 @@ def test_equal_priorities_go_by_share_then_by_submission():
     decision = decide([heavy, light], [], box, now=0.0)
     assert [start.run_id for start in decision.starts] == [2]
     # Without shares (one user, or fair share off) it is first come, first served as before.
-    assert [s.run_id for s in decide([_run(1, submitted_at=1.0), _run(2, submitted_at=2.0)], [], box, 0.0).starts] == [1]
+    plain = decide([_run(1, submitted_at=1.0), _run(2, submitted_at=2.0)], [], box, 0.0)
+    assert [start.run_id for start in plain.starts] == [1]
 
 
 def test_a_limit_holds_back_a_users_runs_and_refuses_what_can_never_fit_it():
@@ -176,7 +177,8 @@ def test_a_submit_past_the_most_runs_queued_is_refused_in_one_line(rig, tmp_path
 
 
 def test_runyard_share_shows_each_users_usage_and_standing(yard):
-    (yard.home / "empty-config.toml").write_text('[shared]\nfair_share_half_life = "1d"\n[shared.limits]\nqueued = 50\n')
+    config = '[shared]\nfair_share_half_life = "1d"\n[shared.limits]\nqueued = 50\n'
+    (yard.home / "empty-config.toml").write_text(config)
     yard.start_daemon()
     run_id = yard.submit("--cpus", "0.5", "--mem", "20M", "--", "sleep", "0.3")
     yard.wait_state(run_id, "succeeded")

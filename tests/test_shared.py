@@ -176,7 +176,8 @@ class SharedYard:
 
     def start(self) -> None:
         with open(self.root / "daemon.log", "ab") as log:
-            self.daemon = subprocess.Popen([PY, "-m", "runyard.cli", "--daemon", "--shared"], env=self.env(),
+            command = [PY, "-m", "runyard.cli", "--daemon", "--shared", "--simulate-gpus", "2x80G"]
+            self.daemon = subprocess.Popen(command, env=self.env(),
                                            stdout=log, stderr=log, cwd=str(self.root))
 
         def ready():
@@ -503,3 +504,14 @@ def test_a_log_replaced_by_a_link_does_not_leak_a_root_file(shared):
     listing = shared.cli(USER_B, "ls", "--all", "--json").stdout
     assert "TOP-SECRET-LINE" not in listing
     assert "TOP-SECRET-LINE" not in shared.daemon_log()
+
+
+def test_reservations_belong_to_their_user(shared):
+    made = json.loads(shared.cli(USER_A, "reserve", "--gpus", "1", "--for", "1h", "--json").stdout)
+    assert made["user"] == USER_A and made["created_by"] == USER_A
+    refused = shared.cli(USER_B, "reserve", "--gpus", "1", "--for", "1h", "--user", USER_A, check=False)
+    assert refused.returncode == 1 and "only an admin may reserve for another user" in refused.stderr
+    refused = shared.cli(USER_B, "unreserve", str(made["id"]), check=False)
+    assert refused.returncode == 1 and f"reservation {made['id']} is {USER_A}'s" in refused.stderr
+    shared.cli(ADMIN, "unreserve", str(made["id"]))
+    assert json.loads(shared.cli(USER_B, "reservations", "--json").stdout) == []

@@ -7,6 +7,8 @@ runs' schema: only the engine reads and writes them, so clients that check
 * ``run_owners``: what the socket and the request said about a run's submitter (its gid
   and umask), for its launch as that user (:mod:`engine.access`). A run without a row
   starts with its user's primary group and the most private umask.
+* ``run_options``: a run's ``--pool`` and ``--preemptible``; no row: neither.
+* ``reservations``: GPUs held for a user over a window (:mod:`engine.reservations`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,27 @@ def m001_run_owners(db) -> None:
     )
 
 
+def m002_pools_reservations(db) -> None:
+    db["run_options"].create(
+        {"run_id": int, "pool": str, "preemptible": int}, pk="run_id", foreign_keys=[("run_id", "runs", "id")],
+    )
+    db.execute(
+        """
+        CREATE TABLE reservations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            gpus TEXT NOT NULL,
+            start REAL NOT NULL,
+            end REAL NOT NULL,
+            created_by TEXT,
+            created_at REAL NOT NULL,
+            cancelled INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    db.execute("CREATE INDEX idx_reservations_end ON reservations (end)")
+
+
 @functools.cache
 def shared_migrations():
     """The ``runyard-shared`` set (built on first use: it needs sqlite-utils)."""
@@ -34,6 +57,7 @@ def shared_migrations():
 
     migrations = Migrations(MIGRATION_SET)
     migrations()(m001_run_owners)
+    migrations()(m002_pools_reservations)
     return migrations
 
 
