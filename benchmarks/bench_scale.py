@@ -10,7 +10,10 @@ stay queued and held, so the daemon starts nothing. Then, with a daemon serving 
 * the daemon's resident memory after serving them;
 * the TUI (``benchmarks/tui_probe.py``, the real app, headless): start to first figures,
   CPU per refresh and memory, on the default view of the big home and with every run
-  listed on a home of ``tui_runs`` runs.
+  listed on a home of ``tui_runs`` runs. CPU per refresh is the whole TUI process's (the
+  poll thread's decoding, the update, the drawing), against a daemon in another process;
+  ``benchmarks/tui_dashboard.py`` instead times the poll and the update apart, in wall
+  time, drawing excluded (see BENCHMARKS.md).
 
 No peer is measured here: filling tsp or Slurm with 100,000 jobs takes longer than the
 whole suite, and neither has a view of its history to compare.
@@ -99,6 +102,7 @@ def tui_probe(socket_path: Path, *, show_all: bool, ticks: int) -> dict[str, Any
     return {
         "rows": data["rows"],
         "start": summary([data["start_s"]], "ms", scale=1000),
+        "fill": summary([data["fill_s"]], "ms", scale=1000),
         "refresh_cpu": summary(data["tick_cpu_ms"], "ms"),
         "rss": summary([data["rss_bytes"]], "MB", scale=1 / (1 << 20), digits=1),
     }
@@ -128,7 +132,6 @@ def run(quick: bool, peers: dict[str, Any]) -> dict[str, Any]:
     ten_k = scratch_dir("scale-10k")
     results["fill_10k"] = fill_home(ten_k, tui_runs)
     with RunyardDaemon("scale-10k", home=ten_k) as daemon:
-        # Each refresh of 10,000 listed runs costs seconds today: fewer ticks keep --quick quick.
-        results["tui_all_10k"] = tui_probe(daemon.socket_path, show_all=True, ticks=2 if quick else 5)
+        results["tui_all_10k"] = tui_probe(daemon.socket_path, show_all=True, ticks=ticks)
         results["daemon_rss_10k"] = summary([rss_bytes(daemon.process.pid)], "MB", scale=1 / (1 << 20), digits=1)
     return results

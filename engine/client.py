@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from engine import protocol
@@ -56,10 +57,40 @@ class Client:
                 "the engine closed the connection without answering; check with `runyard ls` before retrying",
                 protocol.EXIT_ERROR,
             )
-        answer = json.loads(line)
+        if not line.endswith(b"\n"):
+            # readline stopped at the limit (or the engine died mid-answer): what came is
+            # a fragment, and decoding it would only say "Unterminated string".
+            if len(line) >= protocol.MAX_LINE_BYTES:
+                raise ClientError(protocol.too_long_message(op), protocol.EXIT_ERROR)
+            raise ClientError(
+                "the engine's answer was cut off; check with `runyard ls` before retrying", protocol.EXIT_ERROR
+            )
+        try:
+            answer = json.loads(line)
+        except ValueError as error:
+            raise ClientError(f"the engine's answer is not JSON ({error})", protocol.EXIT_ERROR) from None
+        if not isinstance(answer, dict):
+            raise ClientError("the engine's answer is not a protocol message", protocol.EXIT_ERROR)
         if not answer.get("ok"):
             raise ClientError(answer.get("error", "request failed"), answer.get("code", protocol.EXIT_ERROR))
         return answer.get("result")
+
+    def runs(self, page: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every run, in id order, read a page at a time: each answer stays small, and
+        the engine serves other requests between pages. A run is seen exactly once even
+        while runs are submitted meanwhile (pages follow ids, which only grow)."""
+        after_id = 0
+        while True:
+            answer = self.call("ls", all=True, after_id=after_id, limit=page)
+            if not isinstance(answer, list):
+                raise ClientError("the engine's ls answer is not a list of runs", protocol.EXIT_ERROR)
+            yield from answer
+            if len(answer) < page:
+                return
+            last = answer[-1].get("id") if isinstance(answer[-1], dict) else None
+            if not isinstance(last, int) or last <= after_id:
+                raise ClientError("the engine's ls pages are out of order", protocol.EXIT_ERROR)
+            after_id = last
 
     def is_alive(self) -> bool:
         try:

@@ -53,6 +53,8 @@ TICK_INTERVAL_S = 2.0
 COMPACT_INTERVAL_S = 600.0
 HEALTH_POLL_S = 1.0
 """How often due health commands are looked for; each has its own --health-interval."""
+LS_ALL_MAX_RUNS = 10_000
+"""The most runs one ``ls`` answer holds, paged or not."""
 
 
 class DaemonError(RuntimeError):
@@ -353,13 +355,19 @@ class Server:
         except Exception as error:  # a bug must not take the daemon down with it
             log.exception("request failed")
             return protocol.encode_error(f"internal error: {error}", protocol.EXIT_ERROR)
-        return protocol.encode_result(result)
+        encoded = protocol.encode_result(result)
+        if len(encoded) > protocol.MAX_LINE_BYTES:
+            # A client reads at most this much of a line: past it, it would see a cut-off
+            # answer and fail to decode it. Say what to do instead.
+            return protocol.encode_error(protocol.too_long_message(op, len(encoded)), protocol.EXIT_ERROR)
+        return encoded
 
     def dispatch(self, op: str, args: dict[str, Any], peer: tuple[int, int, int] | None) -> Any:
         engine = self.engine
         uid = peer[1] if peer else None
         if op == "hello":
-            return {"version": protocol.PROTOCOL_VERSION, "pid": os.getpid(), "mode": self.config.mode,
+            return {"version": protocol.PROTOCOL_VERSION, "features": list(protocol.FEATURES), "pid": os.getpid(),
+                    "mode": self.config.mode,
                     "home": str(self.config.home.root)}
         if op == "submit":
             run = engine.submit(args, uid=uid, user=_user_name(uid))
@@ -384,9 +392,20 @@ class Server:
                 # single one holds the loop (or a client decoding it) for long.
                 after_id, limit = args.get("after_id", 0), args.get("limit")
                 if any(isinstance(value, bool) or not isinstance(value, int) for value in (after_id, limit)) \
-                        or after_id < 0 or not 1 <= limit <= 10_000:
-                    raise protocol.RequestError("ls: after_id must be a run id (0 or more) and limit 1 to 10000")
+                        or after_id < 0 or not 1 <= limit <= LS_ALL_MAX_RUNS:
+                    raise protocol.RequestError(
+                        f"ls: after_id must be a run id (0 or more) and limit 1 to {LS_ALL_MAX_RUNS}")
                 return [run.to_json() for run in sql.list_runs(engine.store.conn, after_id=after_id, limit=limit)]
+            if args.get("all"):
+                # Every run in one answer would build them all in this process's memory
+                # (which CPython keeps) and could outgrow the protocol's line: past one
+                # page's worth, the client must page.
+                total = sql.count_runs(engine.store.conn)
+                if total > LS_ALL_MAX_RUNS:
+                    raise protocol.RequestError(
+                        f"ls: {total} runs are too many for one answer; ask for pages with after_id and limit "
+                        f"(at most {LS_ALL_MAX_RUNS} each), as `runyard ls --all` does", protocol.EXIT_ERROR,
+                    )
             return [run.to_json() for run in engine.list_runs(include_finished=bool(args.get("all")))]
         if op == "show":
             return engine.describe(args.get("id"))

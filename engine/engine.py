@@ -119,10 +119,14 @@ class Engine:
         """One round of supervision and admission; returns when the next one is due
         for a deadline or a grace period (``None``: nothing timed is pending)."""
         now = self.clock()
-        for run in self.store.in_state(RunState.RUNNING):
-            self._supervise(run, now)
-        self._fire_schedules(now)
-        self._admit(now)
+        # One transaction for the tick's changes (flushed before a launch or a stop
+        # signal, which must find them durable): a tick that reaps and starts several
+        # runs waits for the disk twice, not several times per run.
+        with self.store.batch():
+            for run in self.store.in_state(RunState.RUNNING):
+                self._supervise(run, now)
+            self._fire_schedules(now)
+            self._admit(now)
         return self._next_deadline()
 
     # --------------------------------------------------------------- schedules
@@ -536,6 +540,9 @@ class Engine:
             run.id, RunState.RUNNING, stop_request=kind, stop_requested_at=now, stop_detail=reason,
             reason=f"{reason}: SIGTERM, then SIGKILL after {grace}",
         )
+        # The run's end is read as this stop (a timeout, a cancel) only if the request
+        # is on disk before the signal that causes the end.
+        self.store.flush()
 
     def _finish(self, run: Run, observation: Observation, now: float) -> None:
         if shared_policy.finish_preempted(self, run, observation, now):
@@ -603,12 +610,8 @@ class Engine:
 
     def emit(self, event: dict[str, Any]) -> None:
         """Hand an event that is not a state change (a pause, a health change) to the
-        store's listeners, where alerts are attached."""
-        for listener in self.store.listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("event listener failed")
+        store's listeners, where alerts are attached (after the tick's changes commit)."""
+        self.store.notify(event)
 
     def _retry_decision(self, run: Run, failure_class: str, exit_code: int | None, reason: str) -> retry.Retry | None:
         box = self.sample().box
@@ -676,8 +679,13 @@ class Engine:
             self.store.transition(
                 run_id, RunState.QUEUED, RunState.FAILED, f"refused: {reason}", now=now, ended_at=now
             )
-        for start in decision.starts:
-            self._launch(by_id[start.run_id], start.gpus, now)
+        marked = [run for run in (self._mark_running(by_id[start.run_id], start.gpus, now) for start in decision.starts)
+                  if run is not None]
+        if marked:
+            self.store.flush()
+            taken = {core for other in running for core in other.cores}
+            for run in marked:
+                taken |= set(self._launch(run, taken, now))
         self.store.set_reasons(
             {run_id: reason for run_id, reason in decision.waiting.items() if run_id not in backing_off}
             | own_reasons
@@ -716,22 +724,22 @@ class Engine:
                     waiting[run.id] = f"{pauses[key]}; `runyard release {run.id}` resumes"
         return waiting, cancelled
 
-    def _launch(self, run: Run, gpus: tuple[int, ...], now: float) -> None:
-        # Mark it running *before* the process exists: a crash in between leaves a
-        # running row with no shim, which recovery requeues. The other order could
-        # leave a live process behind a queued row and run it twice.
-        if not self.store.transition(
-            run.id, RunState.QUEUED, RunState.RUNNING, "running", now=now, started_at=now, gpus=gpus
-        ):
-            return
-        run = self.store.get(run.id)
-        assert run is not None
-        taken = {core for other in self.store.in_state(RunState.RUNNING) if other.id != run.id for core in other.cores}
-        cores = enforce.assign_cores(run.envelope.cpus, sorted(os.sched_getaffinity(0)), taken)
+    def _mark_running(self, run: Run, gpus: tuple[int, ...], now: float) -> Run | None:
+        """The first half of a start. Mark it running *before* the process exists (the
+        caller flushes before launching): a crash in between leaves a running row with no
+        shim, which recovery requeues. The other order could leave a live process behind
+        a queued row and run it twice."""
         resume_from = checkpoints.latest_path(run.checkpoint_dir)
-        if resume_from != run.resume_from:
-            self.store.update(run.id, RunState.RUNNING, resume_from=resume_from)
-            run = self.store.get(run.id) or run
+        if not self.store.transition(
+            run.id, RunState.QUEUED, RunState.RUNNING, "running", now=now, started_at=now, gpus=gpus,
+            resume_from=resume_from,
+        ):
+            return None
+        return self.store.get(run.id)
+
+    def _launch(self, run: Run, taken: set[int], now: float) -> tuple[int, ...]:
+        """Start a run marked running; returns the cores it was pinned to."""
+        cores = enforce.assign_cores(run.envelope.cpus, sorted(os.sched_getaffinity(0)), taken)
         # Shared: the shim makes it, as the run's user (root must not make folders where users say).
         if run.checkpoint_dir and not getattr(self.launcher, "shared", False):
             with contextlib.suppress(OSError):  # a bad folder is the run's to report, in its log
@@ -742,7 +750,7 @@ class Engine:
             self.store.transition(
                 run.id, RunState.RUNNING, RunState.FAILED, f"cannot start: {error}", now=now, ended_at=now
             )
-            return
+            return ()
         policy_now = health.HealthPolicy.from_dict(run.health_policy) if run.health_policy else None
         self.store.update(
             run.id, RunState.RUNNING, shim_pid=launched.shim_pid, shim_started_at=launched.shim_started_at,
@@ -750,6 +758,7 @@ class Engine:
             health=(health.STARTING if policy_now.cmd else health.HEALTHY) if policy_now else None,
             health_detail="waiting for the first health check" if policy_now and policy_now.cmd else None,
         )
+        return tuple(cores or ())
 
     # ---------------------------------------------------------------- requests
 

@@ -29,7 +29,8 @@ import psutil
 from engine import cgroups, enforce, shim
 from engine.model import Run
 
-SHIM_PATH = Path(shim.__file__).resolve()
+SHIM_PATH = Path(shim.__file__).resolve().with_name("shim_start.py")
+"""The shim's entry point (see its docstring for why not ``shim.py`` itself)."""
 
 CREATE_TIME_TOLERANCE_S = 2.0
 """How far two readings of one process's creation time may differ. psutil derives it
@@ -155,7 +156,10 @@ def is_shim_cmdline(cmdline: list[str], run_dir: str | os.PathLike) -> bool:
     except ValueError:
         return False
     for position, program in enumerate(cmdline[: separator - 1]):
-        if program == "engine.shim" or program.endswith(os.path.join("engine", "shim.py")):
+        # shim.py: how shims started by an engine of an earlier version were run.
+        if program == "engine.shim" or program.endswith(
+            (os.path.join("engine", "shim_start.py"), os.path.join("engine", "shim.py"))
+        ):
             return cmdline[position + 1] == str(run_dir)
     return False
 

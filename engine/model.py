@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -64,6 +65,41 @@ class RunSpec:
 ON_OVERRUN_CHOICES = ("default", "warn", "kill")
 
 
+class JsonObject(Mapping):
+    """A JSON object column, decoded the first time it is read.
+
+    A run's environment is most of its row (the submitter's whole environment, kilobytes
+    of JSON), and the engine reads every queued row each tick and ``ls`` reads hundreds of
+    runs, almost always without looking at it: only a launch, a health probe and ``show``
+    do.
+    """
+
+    __slots__ = ("_text", "_data")
+
+    def __init__(self, text: str | None) -> None:
+        self._text = text
+        self._data: dict[str, Any] | None = None if text else {}
+
+    def _decoded(self) -> dict[str, Any]:
+        data = self._data
+        if data is None:
+            # The text is kept: two threads decoding at once then both succeed.
+            data = self._data = json.loads(self._text)
+        return data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
+
+
 @dataclass(frozen=True)
 class Run:
     """One row of the ``runs`` table, decoded."""
@@ -76,7 +112,8 @@ class Run:
     held: bool
     argv: tuple[str, ...]
     cwd: str
-    env: dict[str, str]
+    env: Mapping[str, str]
+    """Decoded on first use (:class:`JsonObject`); ``dict(run.env)`` for a copy."""
     envelope: Envelope
     grace_s: float
     gpus: tuple[int, ...]
@@ -143,7 +180,7 @@ class Run:
             held=bool(row["held"]),
             argv=tuple(json.loads(row["argv"])),
             cwd=row["cwd"],
-            env=json.loads(row["env"]) if row["env"] else {},
+            env=JsonObject(row["env"]),
             envelope=Envelope.from_dict(json.loads(row["envelope"])),
             grace_s=row["grace_s"],
             gpus=tuple(json.loads(row["gpus"])) if row["gpus"] else (),

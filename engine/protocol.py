@@ -30,12 +30,28 @@ OPS = (
 )
 
 
+FEATURES = ("submit_options",)
+"""What this engine understands beyond version 1's first form, for ``hello``:
+``submit_options``: a submit request may carry the command line's options as typed
+(``engine.submission.request_from_options``). An engine without it would ignore them."""
+
+
 class RequestError(Exception):
     """A request the daemon refuses; ``code`` is the CLI exit status to use."""
 
     def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
         super().__init__(message)
         self.code = code
+
+
+def too_long_message(op: str, size: int | None = None) -> str:
+    """One line for an answer longer than :data:`MAX_LINE_BYTES` (``size`` unknown: the
+    reader stopped at the limit)."""
+    how_long = f"is {size / (1 << 20):.1f} MiB," if size is not None else "is"
+    return (
+        f"the answer to {op!r} {how_long} over the protocol's {MAX_LINE_BYTES >> 20} MiB line limit; "
+        "ask for less (for ls: pages with after_id and limit, as `runyard ls --all` does)"
+    )
 
 
 def encode_request(op: str, args: dict[str, Any] | None = None) -> bytes:

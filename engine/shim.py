@@ -44,7 +44,6 @@ user's ``engine.py``, ``PYTHONPATH`` or ``PYTHONHOME`` cannot change which code 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import sys
@@ -97,19 +96,59 @@ def signal_name(signum: int) -> str:
         return f"SIG{signum}"
 
 
-def write_json_atomically(path: str, data: dict) -> None:
+_JSON_ESCAPES = {
+    **{code: f"\\u{code:04x}" for code in (*range(0x20), 0x7F)},
+    **{ord(char): "\\" + short for char, short in zip("\\\"\b\f\n\r\t", "\\\"bfnrt")},
+}
+
+
+def to_json(value: object) -> str:
+    """``json.dumps(value)`` for what the shim records (None, bools, numbers, text, lists,
+    dicts). The json module would import ``re`` and ``enum``: two thirds of the shim's
+    start-up, which every run waits for before its first instruction."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return float.__repr__(value) if value - value == 0 else "null"  # inf and nan are not JSON
+    if isinstance(value, str):
+        if value.isascii():
+            return '"' + value.translate(_JSON_ESCAPES) + '"'
+        # As json.dumps: non-ASCII escaped (lone surrogates from odd paths too), so the
+        # record is plain ASCII.
+        return '"' + "".join(_json_char(char) for char in value) + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(to_json(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{to_json(str(key))}: {to_json(item)}" for key, item in value.items()) + "}"
+    raise TypeError(f"cannot record a {type(value).__name__}")
+
+
+def _json_char(char: str) -> str:
+    code = ord(char)
+    if code < 0x80:
+        return char.translate(_JSON_ESCAPES)
+    if code > 0xFFFF:
+        code -= 0x10000
+        return f"\\u{0xD800 | (code >> 10):04x}\\u{0xDC00 | (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def write_json_atomically(path: str, data: dict, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so a reader sees the old file or the whole new one,
-    and the new one survives a power cut. Raises :class:`OSError`."""
+    and, if ``durable``, the new one survives a power cut. Raises :class:`OSError`."""
     directory = os.path.dirname(path) or "."
     temp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    payload = json.dumps(data).encode()
+    payload = to_json(data).encode()
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             written = 0
             while written < len(payload):
                 written += os.write(fd, payload[written:])
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, path)
@@ -119,6 +158,8 @@ def write_json_atomically(path: str, data: dict) -> None:
         except OSError:
             pass
         raise
+    if not durable:
+        return
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
@@ -156,7 +197,10 @@ def record_start(run_dir: str, child_pid: int | None, started_at: float, facts: 
     path = os.path.join(run_dir, SHIM_FILE)
     try:
         record = {"shim_pid": os.getpid(), "child_pid": child_pid, "started_at": started_at, **(facts or {})}
-        write_json_atomically(path, record)
+        # Not fsync'd: it describes live processes, which a power cut ends anyway, and an
+        # engine that crashed reads it from the page cache. Two fsyncs were most of a
+        # short run's cost. exit.json, which outlives the processes, stays durable.
+        write_json_atomically(path, record, durable=False)
     except OSError as error:
         # The run goes on: the engine can still follow the shim by its pid.
         say(f"cannot record the run's process in {path} ({error.strerror})")
@@ -375,8 +419,6 @@ def read_env(fd: int) -> dict:
             break
         chunks.append(chunk)
     os.close(fd)
-    import json  # only in shared mode: the plain path never pays for it
-
     import json  # only in shared mode: the shim keeps its start-up light otherwise
 
     env = json.loads(b"".join(chunks))

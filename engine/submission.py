@@ -20,7 +20,11 @@ def spec_from_request(args: dict[str, Any], default_envelope: dict[str, Any] | N
 
     ``args["envelope"]`` holds only what the submitter said; the rest comes from
     ``default_envelope`` (the config's ``[defaults]``), then from :class:`Envelope`'s own.
+    ``args["options"]``, the command line's options as typed, is read first (see
+    :func:`request_from_options`).
     """
+    if args.get("options") is not None:
+        args = {**args, **request_from_options(args["options"])}
     argv = args.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(part, str) for part in argv):
         raise RequestError("missing command: runyard submit [options] -- CMD [ARGS...]")
@@ -143,3 +147,66 @@ def resolve_program(program: str, cwd: str, path: str | None) -> str | None:
         candidate = os.path.join(cwd, program)
         return candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else None
     return shutil.which(program, path=path if path is not None else os.defpath)
+
+
+ENVELOPE_OPTIONS = {
+    "cpus": "cpus", "mem": "mem_bytes", "gpus": "gpus", "gpu_mem": "gpu_mem_bytes", "disk": "disk_bytes",
+    "time": "time_limit_s", "res": "resources",
+}
+"""``runyard submit``'s envelope options, and the envelope field each one sets."""
+
+TEXT_OPTIONS = (
+    *ENVELOPE_OPTIONS, "grace", "retries", "backoff", "retry_on", "no_retry_on", "grow_on_oom", "warn_signal",
+    "requeue", "stall_timeout", "on_stall", "health_cmd", "health_interval", "health_retries", "health_timeout",
+    "health_start_period",
+)
+"""The options ``runyard submit`` sends as typed, for the engine to parse: the parsers
+(envelope, units, retry, health) cost the CLI more to import than the rest of a submit,
+and the engine has them loaded anyway."""
+
+
+def request_from_options(options: Any) -> dict[str, Any]:
+    """The request fields (``envelope`` with only what was given, ``grace_s``, ``retry``,
+    ``health``) that the command line's options say; raises :class:`RequestError` with
+    the parser's own one-line message, as the CLI printed it when it parsed them itself."""
+    from engine.envelope import DEFAULT_GRACE_S
+    from engine.health import HealthPolicyError, policy_from_options
+    from engine.retry import DEFAULT_BACKOFF, parse_backoff, parse_codes, parse_warn_signal
+    from engine.units import UnitError, parse_duration
+
+    if not isinstance(options, dict) or set(options) - set(TEXT_OPTIONS):
+        unknown = sorted(set(options) - set(TEXT_OPTIONS)) if isinstance(options, dict) else options
+        raise RequestError(f"options: not understood: {unknown!r}; is the engine older than the CLI?")
+    given = {name: value for name, value in options.items() if value is not None and value is not False and value != []}
+    get = given.get
+    try:
+        envelope = Envelope.parse(cpus=get("cpus"), mem=get("mem"), gpus=get("gpus"), gpu_mem=get("gpu_mem"),
+                                  disk=get("disk"), time=get("time"), res=get("res"))
+        grace_s = parse_duration(get("grace")) if get("grace") is not None else DEFAULT_GRACE_S
+        backoff = parse_backoff(get("backoff")) if get("backoff") else DEFAULT_BACKOFF
+        warn_signal, warn_before_s = parse_warn_signal(get("warn_signal")) if get("warn_signal") else (None, None)
+        retry = RetryPolicy(
+            retries=get("retries") or 0, backoff_min_s=backoff[0], backoff_max_s=backoff[1],
+            retry_on=parse_codes(get("retry_on"), "--retry-on"),
+            no_retry_on=parse_codes(get("no_retry_on"), "--no-retry-on"),
+            grow_on_oom=get("grow_on_oom"), requeue=bool(get("requeue")), warn_signal=warn_signal,
+            warn_before_s=warn_before_s,
+        )
+        retry.check()
+        health = policy_from_options(
+            stall_timeout=get("stall_timeout"), on_stall=get("on_stall"), health_cmd=get("health_cmd"),
+            health_interval=get("health_interval"), health_retries=get("health_retries"),
+            health_timeout=get("health_timeout"), health_start_period=get("health_start_period"),
+        )
+    except (EnvelopeError, UnitError, RetryPolicyError, HealthPolicyError) as error:
+        raise RequestError(str(error)) from None
+    except (TypeError, ValueError) as error:  # a value of the wrong type: not from our CLI
+        raise RequestError(f"options: {error}") from None
+    parsed = envelope.to_dict()
+    return {
+        "envelope": {field: parsed[field] for option, field in ENVELOPE_OPTIONS.items()
+                     if option in given and field in parsed},
+        "grace_s": grace_s,
+        "retry": retry.to_dict(),
+        "health": health.to_dict() if health else None,
+    }

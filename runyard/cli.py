@@ -12,21 +12,18 @@ stderr.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 from engine.client import Client, ClientError, DaemonUnavailable
-from engine.envelope import DEFAULT_GRACE_S, Envelope, EnvelopeError
 from engine.paths import Home
 from engine.protocol import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_NO_SUCH_RUN, RequestError
-from engine.retry import (
-    DEFAULT_BACKOFF, RetryPolicy, RetryPolicyError, parse_backoff, parse_codes, parse_warn_signal,
-)
-from engine.units import UnitError, format_duration, parse_duration
 
 NO_ENGINE_HINT = "start one with `runyard --daemon` (headless) or `runyard` (the TUI)"
 
@@ -41,7 +38,49 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line that says where help is."""
 
     def error(self, message: str) -> NoReturn:
+        if _partial_parser:
+            raise _NotThisParser
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+class _NotThisParser(Exception):
+    """A parser built for one command could not parse the line: the full one will say why."""
+
+
+_partial_parser = False
+
+
+class _OneCommand:
+    """Stands for ``add_subparsers()``'s action when one command is wanted: the others
+    are not built. A parser of every command costs a `runyard submit` more time
+    (argparse formats and translates each option's help as it is added) than sending
+    the run to the engine."""
+
+    def __init__(self, commands: argparse._SubParsersAction, wanted: str) -> None:
+        self.commands = commands
+        self.wanted = wanted
+        self.found = False
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if name != self.wanted:
+            return _Unbuilt()
+        self.found = True
+        return self.commands.add_parser(name, **kwargs)
+
+
+class _Unbuilt:
+    """Takes a parser's building calls and keeps nothing."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> _Unbuilt:
+        return self
+
+    add_mutually_exclusive_group = add_argument_group
+
+    def set_defaults(self, **kwargs: Any) -> None:
+        return None
 
 
 def _add_envelope_options(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +151,9 @@ def _add_submit_options(parser: argparse.ArgumentParser, *, sweep: bool = False)
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``only``, just that command's part (``parser.only_found``
+    says whether such a command exists)."""
     parser = _Parser(prog="runyard", description="A control center for ML experiment runs.")
     parser.add_argument("--daemon", action="store_true", help="run the engine headless in the foreground")
     parser.add_argument("--shared", action="store_true",
@@ -123,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true",
                         help="open the TUI on a demo queue in a throwaway home with 4 simulated GPUs")
     parser.add_argument("--theme", help="TUI theme name")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands: Any = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    if only is not None:
+        commands = _OneCommand(commands, only)
 
     submit = commands.add_parser("submit", help="queue a run", description="Queue a run: runyard submit [options] -- CMD [ARGS...]")
     _add_submit_options(submit)
@@ -195,12 +238,31 @@ def build_parser() -> argparse.ArgumentParser:
     from runyard import shared_cmd  # the shared box's commands; argparse only at import
 
     shared_cmd.add_parsers(commands)
+    parser.only_found = only is None or commands.found  # type: ignore[attr-defined]
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command's own parser first; the whole one when that cannot be used (no
+    command, an option's value mistaken for one, a usage error to report)."""
+    global _partial_parser
+    line = sys.argv[1:] if argv is None else argv
+    named = next((token for token in line if not token.startswith("-")), None)
+    if named is not None and "--" not in line[: line.index(named)]:
+        parser = build_parser(only=named)
+        if parser.only_found:  # type: ignore[attr-defined]
+            _partial_parser = True
+            try:
+                return parser.parse_args(line)
+            except _NotThisParser:
+                pass
+            finally:
+                _partial_parser = False
+    return build_parser().parse_args(line)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(argv)
     try:
         home = Home.resolve()
         if args.daemon:
@@ -220,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as error:
         print(f"runyard: {error}", file=sys.stderr)
         return error.code
+    except DaemonUnavailable:  # it stopped between two requests of one command (ls pages)
+        print(f"runyard: the engine stopped answering; {NO_ENGINE_HINT}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -242,8 +307,9 @@ def cmd_submit(home: Home, args: argparse.Namespace) -> int:
     if args.checkpoint_dir:
         request["checkpoint_dir"] = os.path.abspath(args.checkpoint_dir)
     _add_git_facts(request)
+    client = _client(home)
     try:
-        run = _client(home).call("submit", **request)
+        run = client.call("submit", **_understood(client, request))
         offline = False
     except DaemonUnavailable:
         if request.get("pool") or request.get("preemptible"):
@@ -269,26 +335,18 @@ def _add_git_facts(request: dict[str, Any]) -> None:
 
 
 def _submit_request(args: argparse.Namespace) -> dict[str, Any]:
-    """The submit request that ``submit``'s options (shared by ``sweep``) describe."""
-    from engine.health import HealthPolicyError, policy_from_options
+    """The submit request that ``submit``'s options (shared by ``sweep``) describe.
 
+    The envelope, retry and health options go as typed, and the engine parses them
+    (``engine.submission.request_from_options``): their parsers cost this process more
+    to import than the rest of a submit. :func:`_understood` parses them here for an
+    engine that cannot, and the offline path parses them on its own.
+    """
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise CliError("missing command: runyard submit [options] -- CMD [ARGS...]", EXIT_BAD_INPUT)
-    try:
-        envelope = Envelope.parse(cpus=args.cpus, mem=args.mem, gpus=args.gpus, gpu_mem=args.gpu_mem,
-                                  disk=args.disk, time=args.time, res=args.res)
-        grace_s = parse_duration(args.grace) if args.grace is not None else DEFAULT_GRACE_S
-        retry_policy = _retry_policy(args)
-        health_policy = policy_from_options(
-            stall_timeout=args.stall_timeout, on_stall=args.on_stall, health_cmd=args.health_cmd,
-            health_interval=args.health_interval, health_retries=args.health_retries,
-            health_timeout=args.health_timeout, health_start_period=args.health_start_period,
-        )
-    except (EnvelopeError, UnitError, RetryPolicyError, HealthPolicyError) as error:
-        raise CliError(str(error), EXIT_BAD_INPUT) from None
     env = dict(os.environ)
     for item in args.env:
         name, sep, value = item.partition("=")
@@ -301,14 +359,11 @@ def _submit_request(args: argparse.Namespace) -> dict[str, Any]:
         "env": env,
         "name": args.name,
         "priority": args.priority,
-        "envelope": _given_envelope(args, envelope),
-        "grace_s": grace_s,
+        "options": {name: getattr(args, name) for name in TEXT_OPTIONS},
         "held": args.hold,
         "on_overrun": args.on_overrun,
-        "retry": retry_policy,
         "after": _dependencies(args.after),
         "group": args.group,
-        "health": health_policy.to_dict() if health_policy else None,
         "seed": args.seed,
         "umask": _umask(),
         "pool": args.pool,
@@ -335,6 +390,10 @@ def _start_time(text: str) -> float:
 
 
 def _schedule(home: Home, args: argparse.Namespace, template: dict[str, Any]) -> int:
+    try:
+        template = _understood(_client(home), template)
+    except DaemonUnavailable:
+        raise CliError(f"`runyard schedule` needs a running engine: {NO_ENGINE_HINT}") from None
     schedule = _engine_call(home, "schedule", template=template, cron=args.cron)
     if args.json:
         print(json.dumps(schedule, indent=2))
@@ -385,29 +444,35 @@ def _dependencies(values: list[str] | None) -> list[list[Any]]:
     return deps
 
 
-def _retry_policy(args: argparse.Namespace) -> dict[str, Any]:
-    backoff = parse_backoff(args.backoff) if args.backoff else DEFAULT_BACKOFF
-    warn_signal, warn_before_s = parse_warn_signal(args.warn_signal) if args.warn_signal else (None, None)
-    policy = RetryPolicy(
-        retries=args.retries, backoff_min_s=backoff[0], backoff_max_s=backoff[1],
-        retry_on=parse_codes(args.retry_on, "--retry-on"), no_retry_on=parse_codes(args.no_retry_on, "--no-retry-on"),
-        grow_on_oom=args.grow_on_oom, requeue=args.requeue, warn_signal=warn_signal, warn_before_s=warn_before_s,
-    )
-    policy.check()
-    return policy.to_dict()
+TEXT_OPTIONS = (
+    "cpus", "mem", "gpus", "gpu_mem", "disk", "time", "res", "grace", "retries", "backoff", "retry_on",
+    "no_retry_on", "grow_on_oom", "warn_signal", "requeue", "stall_timeout", "on_stall", "health_cmd",
+    "health_interval", "health_retries", "health_timeout", "health_start_period",
+)
+"""``engine.submission.TEXT_OPTIONS``, spelled out: importing that module here would
+import the parsers this list exists to keep out (tests/test_architecture.py checks both agree)."""
 
 
-_ENVELOPE_OPTIONS = {
-    "cpus": "cpus", "mem": "mem_bytes", "gpus": "gpus", "gpu_mem": "gpu_mem_bytes", "disk": "disk_bytes",
-    "time": "time_limit_s", "res": "resources",
-}
+def _understood(client: Client, request: dict[str, Any]) -> dict[str, Any]:
+    """``request`` as ``client``'s engine understands it. An engine from before the typed
+    options would ignore them (and run with the default envelope): for it they are parsed
+    here. One more round trip on the socket, against the parsers' imports."""
+    if "options" not in request:
+        return request
+    hello = client.call("hello")
+    if "submit_options" in ((hello or {}).get("features") or ()):
+        return request
+    return _parsed_here(request)
 
 
-def _given_envelope(args: argparse.Namespace, envelope: Envelope) -> dict[str, Any]:
-    """Only what the submitter said: the engine fills the rest from the config's defaults."""
-    parsed = envelope.to_dict()
-    return {field: parsed[field] for option, field in _ENVELOPE_OPTIONS.items()
-            if getattr(args, option, None) not in (None, []) and field in parsed}
+def _parsed_here(request: dict[str, Any]) -> dict[str, Any]:
+    from engine.submission import request_from_options
+
+    try:
+        fields = request_from_options(request["options"])
+    except RequestError as error:
+        raise CliError(str(error), error.code) from None
+    return {**{name: value for name, value in request.items() if name != "options"}, **fields}
 
 
 def _submit_offline(home: Home, request: dict[str, Any]) -> dict[str, Any]:
@@ -508,26 +573,90 @@ def _read_offline(home: Home, fetch):
         conn.close()
 
 
+LS_PAGE = 1000
+"""Runs per answer for ``ls --all``: a page is about a megabyte of JSON, and the engine
+serves other clients between pages."""
+
+
 def cmd_ls(home: Home, args: argparse.Namespace) -> int:
     if args.group is not None or args.sort:
         return _results_cmd("cmd_group")(home, args)
+    client = _client(home)
     try:
-        runs = _client(home).call("ls", all=args.all)
+        if args.all:
+            pages = client.runs(page=LS_PAGE)
+            # Pulled now, so that "no engine" is known before anything is printed.
+            first = list(itertools.islice(pages, 1))
+            runs = itertools.chain(first, pages)
+        else:
+            runs = iter(client.call("ls", all=False))
     except DaemonUnavailable:
-        from engine.store import sql
-
-        found = _read_offline(home, lambda conn: sql.list_runs(conn, include_finished=args.all, recent_finished=20))
-        runs = [run.to_json() for run in found or []]
-        if not args.json:
-            print(f"runyard: no engine is running ({NO_ENGINE_HINT}); showing the database", file=sys.stderr)
-    if args.json:
-        print(json.dumps(runs, indent=2))
-        return 0
-    print(_format_table(runs))
+        return _ls_offline(home, args)
+    _print_runs(runs, args)
     return 0
 
 
-def _format_table(runs: list[dict[str, Any]]) -> str:
+def _ls_offline(home: Home, args: argparse.Namespace) -> int:
+    from engine.store import sql
+
+    conn = _open_db(home, create=False)
+    try:
+        current = conn is not None and sql.schema_version(conn) == sql.SCHEMA_VERSION
+        if args.all and current:
+            runs = (run.to_json() for run in _db_pages(conn))
+        elif current:
+            runs = iter([run.to_json() for run in sql.list_runs(conn, include_finished=False, recent_finished=20)])
+        else:
+            runs = iter(())
+        if not args.json:
+            print(f"runyard: no engine is running ({NO_ENGINE_HINT}); showing the database", file=sys.stderr)
+        _print_runs(runs, args)
+    except sql.StoreError as error:
+        raise CliError(str(error)) from None
+    except sql.sqlite3.DatabaseError as error:
+        raise CliError(str(sql.store_error(home.db_path, error))) from None
+    finally:
+        if conn is not None:
+            conn.close()
+    return 0
+
+
+def _db_pages(conn):
+    """Every run in id order, a page of rows at a time, as the daemon pages them."""
+    from engine.store import sql
+
+    after_id = 0
+    while True:
+        page = sql.list_runs(conn, after_id=after_id, limit=LS_PAGE)
+        yield from page
+        if len(page) < LS_PAGE:
+            return
+        after_id = page[-1].id
+
+
+def _print_runs(runs: Iterator[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Print as they come: a hundred thousand runs are never all in memory as objects."""
+    if args.json:
+        _print_json_array(runs)
+    else:
+        print(_format_table(runs))
+
+
+def _print_json_array(items: Iterator[Any]) -> None:
+    """What ``json.dumps(list(items), indent=2)`` prints, an item at a time."""
+    out = sys.stdout
+    count = 0
+    for item in items:
+        out.write("[\n" if count == 0 else ",\n")
+        out.write("\n".join("  " + line for line in json.dumps(item, indent=2).split("\n")))
+        count += 1
+    out.write("\n]\n" if count else "[]\n")
+
+
+def _format_table(runs: Iterable[dict[str, Any]]) -> str:
+    from engine.envelope import Envelope
+    from engine.units import format_duration
+
     now = time.time()
     header = ("ID", "NAME", "STATE", "GPUS", "ENVELOPE", "TIME", "PROGRESS", "HEALTH", "REASON")
     rows = [header]
@@ -556,6 +685,8 @@ def _progress_text(run: dict[str, Any], now: float) -> str:
     text = f"{step}/{total}" if total else str(step)
     eta = progress.get("eta")
     if run["state"] == "running" and isinstance(eta, (int, float)) and eta > now:
+        from engine.units import format_duration
+
         text += f" eta {format_duration(eta - now)}"
     return text
 
@@ -596,6 +727,8 @@ def cmd_show(home: Home, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(run, indent=2))
         return 0
+    from engine.envelope import Envelope
+
     envelope = Envelope.from_dict(run["envelope"])
     fields = [
         ("id", run["id"]), ("name", run["name"]), ("state", run["state"]), ("reason", run["reason"]),

@@ -37,7 +37,36 @@ def test_migrations_are_idempotent_and_set_wal_and_version(db_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert sql.schema_version(conn) == sql.SCHEMA_VERSION
     names = [row[0] for row in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'runyard'")]
-    assert names == ["m001_runs", "m002_enforcement", "m003_attempts", "m004_health_and_scheduling", "m005_provenance_and_groups"]
+    assert names == ["m001_runs", "m002_enforcement", "m003_attempts", "m004_health_and_scheduling", "m005_provenance_and_groups",
+                     "m006_index_ended_at"]
+    conn.close()
+
+
+def test_a_version_5_database_gets_the_ended_at_index_and_keeps_its_runs(tmp_path):
+    from sqlite_utils import Database
+
+    from engine.store.schema import migrations
+
+    path = tmp_path / "v5.db"
+    conn = sql.connect(path)
+    migrations.apply(Database(conn), stop_before="m006_index_ended_at")
+    assert sql.schema_version(conn) == 5
+    for index in range(30):
+        conn.execute(
+            "INSERT INTO runs (name, state, argv, cwd, envelope, submitted_at, ended_at) "
+            "VALUES (?, 'succeeded', '[\"true\"]', '/', '{}', 1.0, ?)", (f"r{index}", float(index)),
+        )
+    conn.commit()
+    conn.close()
+    migrate(path)
+    conn = sql.connect(path)
+    assert sql.schema_version(conn) == sql.SCHEMA_VERSION == 6
+    plan = " ".join(row[3] for row in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM runs WHERE state NOT IN ('queued', 'running') "
+        "ORDER BY ended_at DESC, id DESC LIMIT 20"))
+    assert "idx_runs_ended_at" in plan and "TEMP B-TREE" not in plan
+    recent = sql.list_runs(conn, include_finished=False, recent_finished=3)
+    assert [run.name for run in recent] == ["r27", "r28", "r29"]
     conn.close()
 
 

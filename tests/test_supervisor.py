@@ -529,3 +529,30 @@ def test_a_malformed_shim_command_line_is_one_usage_line(tmp_path, args, problem
     assert done.returncode == shim.USAGE_EXIT
     assert done.stderr == f"runyard: {problem}; {shim.USAGE}\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_shim_starts_without_json_or_re_and_from_its_cached_module(tmp_path):
+    # Both cost more than the rest of the shim's start-up, which every run waits for.
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", str(SHIM_PATH), str(tmp_path), "--", "true"],
+        capture_output=True, text=True, timeout=120,
+    )
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert done.returncode == 0, done.stderr
+    assert "shim" in imported and not imported & {"json", "re"}
+    assert read_record(tmp_path, shim.EXIT_FILE)["exit_code"] == 0
+
+
+def test_the_shims_records_read_as_json_dumps_writes_them():
+    import json
+
+    for value in [
+        {"shim_pid": 12, "child_pid": None, "started_at": 1733160000.123456, "cores": [0, 1], "cgroup": "/cg/r",
+         "box_oom_kills": 3},
+        {"exit_code": -9, "signal": "SIGKILL", "ended_at": 1.5, "cgroup_removed": False, "peak_mem_bytes": 2**40},
+        {"path": 'q"u\\o\n\t\x01\x7f', "wide": "é∂𝄞", "odd": "\udcff", "nested": [[], {}, (1,)]},
+    ]:
+        assert shim.to_json(value) == json.dumps(value)
+    assert shim.to_json(float("inf")) == "null" and shim.to_json(float("nan")) == "null"

@@ -210,11 +210,15 @@ class RunyardApp(App[str | None]):
             self._select_after_poll = None
 
     def _tell_news(self, view: EngineView) -> None:
-        seen = {run.get("id"): run for run in view.runs}
-        for text, severity in run_news(self._seen_runs, view.runs):
+        # Only what the engine sent anew can have changed: with every run listed, that is
+        # a few hundred of ten thousand.
+        runs = view.runs if view.fresh is None else view.fresh
+        for text, severity in run_news(self._seen_runs, runs):
             self.notify(text, severity=severity, timeout=8 if severity == "error" else 5)
         # Runs that dropped out of the list are forgotten only until they come back.
-        self._seen_runs = {**(self._seen_runs or {}), **seen}
+        if self._seen_runs is None:
+            self._seen_runs = {}
+        self._seen_runs.update((run.get("id"), run) for run in runs)
 
     def on_poll_failed(self, message: PollFailed) -> None:
         if self._stale(message.show_all):

@@ -21,7 +21,9 @@ def run_news(previous: Mapping[Any, Mapping[str, Any]] | None, runs: Iterable[Ma
     news: list[tuple[str, str]] = []
     for run in runs:
         before = previous.get(run.get("id"))
-        if before is not None:
+        # The same object as last poll (a finished run from the poller's cache: thousands
+        # of them) cannot have news; only what the engine sent anew is compared.
+        if before is not None and before is not run:
             news.extend(_changes(before, run))
     if len(news) > MOST_PER_POLL:
         worst = "error" if any(severity == "error" for _, severity in news) else "warning"

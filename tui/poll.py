@@ -49,6 +49,10 @@ class EngineView:
     """New sparkline data, or ``None`` when this poll did not fetch any."""
     full_fetch: bool = False
     """Whether this poll read every run (the cache had drifted)."""
+    fresh: list[dict[str, Any]] | None = None
+    """The runs the engine sent in this poll (``None``: all of ``runs``). The others are
+    the very objects of the last poll (finished runs from :class:`FinishedRuns`), so
+    whatever looks for changes need not look at them."""
 
 
 class FinishedRuns:
@@ -128,12 +132,12 @@ class Poller:
         status = self.client.call("status")
         if not isinstance(status, dict):
             raise ValueError(f"status answer is a {type(status).__name__}, expected an object")
-        runs = _runs_answer(self.client.call("ls", all=False))
+        runs = fresh = _runs_answer(self.client.call("ls", all=False))
         full = False
         if show_all:
             runs, full = self.finished.merge(self.client, runs, status.get("counts") or {})
         return EngineView(status=status, runs=runs, show_all=show_all, history=self._history(status),
-                          full_fetch=full)
+                          full_fetch=full, fresh=None if full else fresh)
 
     def _history(self, status: dict[str, Any]) -> BoxHistory | None:
         now = self._clock()

@@ -154,6 +154,15 @@ def m005_provenance_and_groups(db: Database) -> None:
     db.execute("PRAGMA user_version = 5")
 
 
+@migrations()
+def m006_index_ended_at(db: Database) -> None:
+    # `ls` shows the 20 most recently ended runs: without this index SQLite scans and
+    # sorts every row (each carries its submitter's environment) on every `ls` and poll.
+    # Index order (ended_at, rowid) also serves the "ended_at DESC, id DESC" tie-break.
+    db.execute("CREATE INDEX IF NOT EXISTS idx_runs_ended_at ON runs (ended_at)")
+    db.execute("PRAGMA user_version = 6")
+
+
 def migrate(db_path: Path) -> None:
     """Bring the database at ``db_path`` to the current schema (creating it if needed).
 

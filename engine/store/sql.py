@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.model import Run, RunSpec, RunState
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_S = 60.0
 """How long a writer waits for the lock. Generous: a submit must never fail with
 "database is locked" because many submitters arrived at once."""
@@ -210,6 +210,10 @@ def list_runs(
         runs.extend(Run.from_row(dict(row)) for row in ended)
         runs.sort(key=lambda run: run.id)
     return runs
+
+
+def count_runs(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
 
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:

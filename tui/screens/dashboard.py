@@ -78,14 +78,16 @@ class DashboardScreen(RunScreen):
     def _update_titles(self, status: Mapping[str, Any] | None) -> None:
         queue = self.query_one(QueueTable)
         counts = fmt.counts_text(status.get("counts") or {}) if status else "…"
-        queue.border_title = f"Queue · {counts}"
         parts = []
         if queue.filter_text:
             parts.append(f"filter “{queue.filter_text}”: {queue.shown_count} of {queue.total_count}")
         if queue.sorting.key != "queue" or queue.sorting.reverse:
             parts.append(f"sort: {queue.sorting.label}")
         parts.append("all runs · a: fewer" if self.app.show_all else "a: all runs")
-        queue.border_subtitle = " · ".join(parts)
+        titles = (f"Queue · {counts}", " · ".join(parts))
+        # Setting a border title redraws the whole table, even to the same text.
+        if titles != (queue.border_title, queue.border_subtitle):
+            queue.border_title, queue.border_subtitle = titles
 
     def _show_highlighted(self) -> None:
         table = self.query_one(QueueTable)

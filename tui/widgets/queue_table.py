@@ -113,10 +113,11 @@ class Cell:
 class _Row:
     """One run and what it shows, computed once per change of the run."""
 
-    __slots__ = ("run", "now", "texts", "sort_keys")
+    __slots__ = ("run", "key", "now", "texts", "sort_keys")
 
     def __init__(self, run: Run, now: float, texts: dict[str, tuple[str, Style | None]]) -> None:
         self.run = run
+        self.key = str(run.get("id"))
         self.now = now
         self.texts = texts
         self.sort_keys: dict[str, Any] = {}
@@ -142,6 +143,9 @@ class QueueTable(DataTable):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self._rows: dict[str, _Row] = {}
+        self._row_of: dict[int, _Row] = {}
+        """The same rows by ``id()`` of their run: ten thousand finished runs come back as
+        the very same objects every poll, and are matched without looking inside."""
         self._columns: tuple[_Column, ...] = ()
         self._shown_rows: dict[str, _Row] = {}
         """The rows in the table, as they were when last drawn."""
@@ -193,7 +197,13 @@ class QueueTable(DataTable):
             # lands below the last and the table never has to be re-sorted.
             sort_key = _SORT_KEYS.get(self._sort.key, fmt.queue_order_key)
             ordered = sorted(runs, key=sort_key, reverse=self._sort.reverse)
+        same_object = self._row_of
         for run in ordered:
+            old = same_object.get(id(run))
+            if old is not None and old.run is run and (old.now == now or run.get("state") != "running"):
+                if old.key not in rows:
+                    rows[old.key] = old
+                continue
             key = str(run.get("id"))
             if key in rows:
                 continue  # row keys must be unique; a confused engine sending an id twice shows it once
@@ -211,6 +221,7 @@ class QueueTable(DataTable):
                 computed += 1
         unchanged = not computed and rows.keys() == self._rows.keys()
         self._rows = rows
+        self._row_of = {id(row.run): row for row in rows.values()}
         if deferred:
             self.set_timer(CHUNK_PAUSE_S, lambda: self._continue_update(runs))
         if unchanged and self._synced:
@@ -275,6 +286,7 @@ class QueueTable(DataTable):
     def _on_theme_changed(self, _theme: object) -> None:
         self._styles = {}
         self._rows = {key: _Row(row.run, row.now, self._texts(row.run, row.now)) for key, row in self._rows.items()}
+        self._row_of = {id(row.run): row for row in self._rows.values()}
         self._sync(force=True)
 
     def _apply(self, *, force: bool = False) -> None:
