@@ -27,8 +27,14 @@ def capture_git(cwd: str) -> tuple[dict[str, Any] | None, bytes | None]:
     """
     if not _in_repository(cwd):
         return None, None
-    status, error = _git(cwd, "status", "--porcelain=v2", "--branch", "-z")
+    status_git = _git_start(cwd, "status", "--porcelain=v2", "--branch", "-z")
+    # Started beside `git status`, not after it: a dirty tree (the usual one while
+    # experimenting) then costs every submit one git's time, not two. In a clean tree its
+    # (empty) output is dropped.
+    diff_git = _git_start(cwd, *DIFF_ARGS)
+    status, error = _git_wait(status_git, "status")
     if status is None:
+        _git_drop(diff_git)
         return (None if error is None else {"error": error}), None
     facts: dict[str, Any] = {"commit": None, "branch": None, "dirty": False}
     untracked: list[str] = []
@@ -45,11 +51,11 @@ def capture_git(cwd: str) -> tuple[dict[str, Any] | None, bytes | None]:
             untracked.append(entry[2:].decode(errors="replace"))
     diff = None
     if facts["dirty"] and facts["commit"]:
-        # Against HEAD: staged and unstaged changes alike. No external diff tools or
-        # textconv filters: the bytes must be what `git apply` takes back.
-        diff, error = _git(cwd, "diff", "HEAD", "--binary", "--no-color", "--no-ext-diff", "--no-textconv")
+        diff, error = _git_wait(diff_git, "diff")
         if diff is None:
             facts["diff_error"] = error
+    else:
+        _git_drop(diff_git)
     if diff:
         import hashlib
 
@@ -78,28 +84,55 @@ def _in_repository(cwd: str) -> bool:
         path = parent
 
 
+DIFF_ARGS = ("diff", "HEAD", "--binary", "--no-color", "--no-ext-diff", "--no-textconv")
+"""Against HEAD: staged and unstaged changes alike. No external diff tools or textconv
+filters: the bytes must be what `git apply` takes back."""
+
+
 def _git(cwd: str, *args: str) -> tuple[bytes | None, str | None]:
     """``(stdout, None)``, or ``(None, why)``; ``(None, None)`` means "not a repository"."""
+    return _git_wait(_git_start(cwd, *args), args[0])
+
+
+def _git_start(cwd: str, *args: str) -> Any:
+    """A running git (see :func:`_git_wait`), or already its outcome when it could not start."""
     import subprocess
 
     # No optional locks: `git status` would otherwise refresh the index, and could trip
     # over (or hold up) a commit the user is making at that moment.
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
-        done = subprocess.run(["git", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=GIT_TIMEOUT_S)
+        return subprocess.Popen(["git", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError:
         return None, None  # no git on this machine: nothing to record
-    except subprocess.TimeoutExpired:
-        return None, f"git {args[0]} took over {GIT_TIMEOUT_S:g}s"
     except OSError as error:
         return None, f"git {args[0]}: {error.strerror}"
-    if done.returncode == 0:
-        return done.stdout, None
-    message = done.stderr.decode(errors="replace").strip().splitlines()
+
+
+def _git_wait(started: Any, what: str) -> tuple[bytes | None, str | None]:
+    import subprocess
+
+    if isinstance(started, tuple):
+        return started
+    try:
+        out, err = started.communicate(timeout=GIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _git_drop(started)
+        return None, f"git {what} took over {GIT_TIMEOUT_S:g}s"
+    if started.returncode == 0:
+        return out, None
+    message = err.decode(errors="replace").strip().splitlines()
     if message and "not a git repository" in message[0]:
         return None, None
-    return None, (message[0] if message else f"git {args[0]} exited {done.returncode}")
+    return None, (message[0] if message else f"git {what} exited {started.returncode}")
+
+
+def _git_drop(started: Any) -> None:
+    if isinstance(started, tuple):
+        return
+    started.kill()
+    started.communicate()
 
 
 def encode_diff(diff: bytes | None) -> str | None:
