@@ -325,22 +325,37 @@ def share_report(engine, now: float) -> dict[str, Any]:
 
 
 def _check_cwds(op: str, args: dict[str, Any], caller: access.Caller) -> None:
-    """A run its user could not start in is refused now, not at its launch."""
+    """A run its user could not start in is refused now, not at its launch; so is a
+    checkpoint folder they could not make or enter (root reads it to say what to resume
+    from, and must not read other users' folders for them)."""
+    groups: tuple[int, ...] | None = None
     for request in _requests(op, args):
-        cwd = request.get("cwd")
-        if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
-            continue  # the engine's own checks say what is wrong with it
-        try:
-            entry = pwd.getpwuid(caller.uid)
-            groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-        except KeyError:
-            raise RequestError(f"uid {caller.uid} has no account on this box; nothing was queued", EXIT_ERROR) from None
-        problem = access.cannot_enter(cwd, caller.uid, caller.gid, groups)
-        if problem is not None:
-            raise RequestError(
-                f"{caller.name} cannot enter {cwd} ({problem}); pass --cwd with a folder you can enter",
-                EXIT_BAD_INPUT,
-            )
+        folders = [("cwd", request.get("cwd"))]
+        if isinstance(request.get("checkpoint_dir"), str):
+            folders.append(("--checkpoint-dir", _nearest_existing(request["checkpoint_dir"])))
+        for what, folder in folders:
+            if not isinstance(folder, str) or not os.path.isabs(folder) or not os.path.isdir(folder):
+                continue  # the engine's own checks say what is wrong with it
+            if groups is None:
+                try:
+                    entry = pwd.getpwuid(caller.uid)
+                except KeyError:
+                    raise RequestError(f"uid {caller.uid} has no account on this box; nothing was queued",
+                                       EXIT_ERROR) from None
+                groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+            problem = access.cannot_enter(folder, caller.uid, caller.gid, groups)
+            if problem is not None:
+                hint = "pass --cwd with a folder you can enter" if what == "cwd" else "choose a folder of yours"
+                raise RequestError(f"{caller.name} cannot enter {folder} ({problem}) for its {what}; {hint}",
+                                   EXIT_BAD_INPUT)
+
+
+def _nearest_existing(path: str) -> str:
+    """``path``, or its nearest folder above that exists (where the run would make it)."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current) and os.path.dirname(current) != current:
+        current = os.path.dirname(current)
+    return current
 
 
 def _owner(conn, query: str, key: int) -> tuple[int | None, str | None] | None:

@@ -312,6 +312,10 @@ def test_a_cwd_the_user_cannot_enter_is_refused(shared):
                          cwd=shared.work[USER_B])
     assert refused.returncode == 2, refused
     assert f"{USER_B} cannot enter {shared.work[USER_A]}" in refused.stderr and "--cwd" in refused.stderr
+    elsewhere = shared.cli(USER_B, "submit", "--checkpoint-dir", str(shared.work[USER_A] / "ckpt"), "--",
+                           USER_PY, "-c", "pass", check=False, cwd=shared.work[USER_B])
+    assert elsewhere.returncode == 2, elsewhere
+    assert f"cannot enter {shared.work[USER_A]} (Permission denied) for its --checkpoint-dir" in elsewhere.stderr
     assert json.loads(shared.cli(None, "ls", "--json").stdout) == []
 
 
