@@ -291,18 +291,24 @@ def _errors_section(m: dict[str, Any]) -> list[str]:
 
 EXPLANATIONS: dict[str, str] = {
     "submit": (
-        "A submit is a whole Python process: `python3 -c pass` alone is about 24 ms on this box"
-        " when it is quiet (see the peers table), more under load. Since 2026-12-02 the CLI sends"
-        " the envelope, retry and health options as typed and the engine parses them"
+        "A submit is a whole Python process: `python3 -c pass` alone is ~24 ms on this box when"
+        " it is quiet (see the peers table), more under load. Since 2026-12-02 the CLI sends the"
+        " envelope, retry and health options as typed and the engine parses them"
         " (`engine.submission.request_from_options`; a `hello` first, so an older engine gets"
         " them parsed by the CLI), builds only the parser of the command given, and `Home` is no"
         " dataclass: the submit path no longer imports `engine.envelope`, `engine.retry`,"
-        " `engine.health`, `engine.units` or `dataclasses`/`inspect`. What is left over Python's"
-        " start-up (`python -X importtime -m runyard.cli submit --hold -- true`): importing the"
-        " CLI ~15 ms (socket, argparse and the shutil/gettext it pulls in, json, typing), parsing"
-        " ~4 ms, the two round trips ~4 ms, plus, inside a git work tree, the provenance capture"
-        " (`git status`, and for a dirty tree `git diff` sent with the run: the benchmark runs"
-        " from the project's own checkout)."
+        " `engine.health`, `engine.units` or `dataclasses`/`inspect`. Measured quiet with"
+        " `--hold` (2026-12-02): 47-49 ms outside a git work tree, 62 ms in this project's dirty"
+        " checkout. `python -X importtime -m runyard.cli submit --hold -- true` and timing the"
+        " parts: Python ~24 ms, importing the CLI ~14 ms (socket, argparse with the shutil and"
+        " gettext it pulls in, json, typing), parsing ~5 ms, the `hello` and `submit` round trips"
+        " ~5 ms (the engine's part: 2.5-6 ms, fsync included), and in a git tree the provenance"
+        " capture (`git status`, and for a dirty tree `git diff HEAD`, now run side by side:"
+        " ~9 ms, plus importing subprocess, hashlib and base64 and sending the diff, ~60 KB here)."
+        " This suite times `runyard submit -- true` without `--hold` from the project's checkout:"
+        " each submit also starts a run, whose shim competes with the next submit for the two"
+        " cores, and the tree is dirty while the suite runs. Left: Python's own start-up, which"
+        " only a resident client (or no Python) would avoid."
     ),
     "start": (
         "Start latency is the submit process (see submit), the engine's reaction (a submit"
