@@ -338,8 +338,9 @@ EXPLANATIONS: dict[str, str] = {
         " after a slot frees; the shim takes ~30 ms from launch to the run's first instruction"
         " under this load (a Python interpreter, ~12 ms quiet) and ~10 ms after the run to"
         " record its exit (exit.json fsync'd, plus its folder). So a slot turns over every"
-        " ~50 ms: ~40 runs/s with 2 slots on 2 cores, where the shim's interpreter is CPU the"
-        " runs compete for. Fixed on 2026-12-02: the tick decoded every queued row (its"
+        " ~40-50 ms: 40-50 runs/s with 2 slots on 2 cores (52 on a quiet box; 46 before these"
+        " changes on a quieter one, 23-28 measured just before them under today's load), where"
+        " the shim's interpreter is CPU the runs compete for. Fixed on 2026-12-02: the tick decoded every queued row (its"
         " environment's JSON included) three times per tick, so a batch cost O(N^2) (now each"
         " row is decoded once and re-read rows are compared, not decoded; the environment is"
         " decoded only when read); each transition was its own fsync'd commit (now one"
@@ -396,6 +397,9 @@ NOTES: list[str] = [
     " any arrival time plus the work arriving from then on over the capacity (shared-GPU runs counted"
     " at their fraction of a card). Strict FIFO with whole GPUs lands at 1.73 of it, as issue 8 measured.",
     "The log figures are warm-cache (the file was just written); cold-cache reads depend on the disk.",
+    "`runyard ls --all --json` of 100,000 runs reads 100 pages of 1,000 and prints 100,000"
+    " indented JSON objects: ~19 s, most of it encoding and decoding JSON on both sides. No"
+    " target; it no longer fails, and the daemon's memory stays flat while it runs.",
     "Two TUI benchmarks measure different things. The scale table's \"TUI refresh CPU\""
     " (`benchmarks/tui_probe.py`, run here) is the CPU time of the whole TUI process per refresh"
     " (all threads: the poll worker decoding the engine's answers, the update, the drawing), with"
