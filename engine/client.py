@@ -76,21 +76,7 @@ class Client:
         return answer.get("result")
 
     def runs(self, page: int = 1000) -> Iterator[dict[str, Any]]:
-        """Every run, in id order, read a page at a time: each answer stays small, and
-        the engine serves other requests between pages. A run is seen exactly once even
-        while runs are submitted meanwhile (pages follow ids, which only grow)."""
-        after_id = 0
-        while True:
-            answer = self.call("ls", all=True, after_id=after_id, limit=page)
-            if not isinstance(answer, list):
-                raise ClientError("the engine's ls answer is not a list of runs", protocol.EXIT_ERROR)
-            yield from answer
-            if len(answer) < page:
-                return
-            last = answer[-1].get("id") if isinstance(answer[-1], dict) else None
-            if not isinstance(last, int) or last <= after_id:
-                raise ClientError("the engine's ls pages are out of order", protocol.EXIT_ERROR)
-            after_id = last
+        return every_run(self, page)
 
     def is_alive(self) -> bool:
         try:
@@ -98,3 +84,23 @@ class Client:
         except (DaemonUnavailable, ClientError):
             return False
         return True
+
+
+def every_run(client: Any, page: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every run, in id order, read a page at a time through ``client.call`` (the socket
+    client or the in-process one): each answer stays small, and the engine serves other
+    requests between pages. A run is seen exactly once even while runs are submitted
+    meanwhile (pages follow ids, which only grow). An engine that predates paging answers
+    the first request with every run; that answer is taken whole."""
+    after_id = 0
+    while True:
+        answer = client.call("ls", all=True, after_id=after_id, limit=page)
+        if not isinstance(answer, list) or not all(isinstance(run, dict) for run in answer):
+            raise ClientError("the engine's ls answer is not a list of runs", protocol.EXIT_ERROR)
+        yield from answer
+        if len(answer) != page:
+            return
+        last = answer[-1].get("id")
+        if not isinstance(last, int) or last <= after_id:
+            raise ClientError("the engine's ls pages are out of order", protocol.EXIT_ERROR)
+        after_id = last

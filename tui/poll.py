@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from textual.message import Message
 
-from engine.client import ClientError, DaemonUnavailable
+from engine.client import ClientError, DaemonUnavailable, every_run
 from tui.format import TERMINAL_STATES
 from tui.widgets.resources import BoxHistory
 
@@ -96,23 +96,9 @@ class FinishedRuns:
 
 
 def read_all_runs(client: EngineClient, page: int = PAGE_RUNS) -> list[dict[str, Any]]:
-    """Every run, a page at a time (``ls`` with ``after_id`` and ``limit``).
-
-    One answer of ten thousand runs would hold the engine's loop, and this process's
-    interpreter while it is decoded, for about a second; pages keep each pause short.
-    An engine that predates paging answers the first request with every run.
-    """
-    runs: list[dict[str, Any]] = []
-    after_id = 0
-    while True:
-        answer = _runs_answer(client.call("ls", all=True, after_id=after_id, limit=page))
-        runs.extend(answer)
-        if len(answer) < page or len(answer) > page:
-            return runs
-        last = answer[-1].get("id")
-        if not isinstance(last, int) or last <= after_id:
-            return runs
-        after_id = last
+    """Every run, a page at a time: one answer of ten thousand runs would hold the
+    engine's loop, and this process's interpreter while it is decoded, for about a second."""
+    return list(every_run(client, page))
 
 
 class Poller:
