@@ -46,6 +46,21 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class SlurmSettings:
+    """``[slurm]``: where and how runs go with ``backend = "slurm"``."""
+
+    partition: str | None = None
+    poll_interval_s: float = 2.0
+    gpu_types: tuple[tuple[str, int], ...] = ()
+    """GPU kinds by memory per GPU (``a100 = "80G"``), for ``--gpu-mem``."""
+    gpu_types_as: str = "gres"
+    """``gres`` (``--gres=gpu:a100:N``) or ``feature`` (``--constraint=a100``)."""
+
+
+BACKENDS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None = None
     """The file read, or ``None`` when there was none."""
@@ -65,6 +80,9 @@ class Config:
     CLI never needs it, so it is not parsed here)."""
     shared: SharedSettings = field(default_factory=SharedSettings)
     """``[shared]``: admins, fair share, limits and pools (``engine.shared_config``)."""
+    backend: str = "local"
+    """``[engine] backend``: ``local`` (this box) or ``slurm``; ``--backend`` overrides it."""
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
 
 def config_path() -> Path:
@@ -94,11 +112,16 @@ def load_config(path: Path | None = None) -> Config:
 
 def _parse(path: Path, raw: dict[str, Any]) -> Config:
     reader = _Reader(path)
-    known_tables = {"engine", "defaults", "history", "resources", "alerts", "health", "shared"}
+    known_tables = {"engine", "defaults", "history", "resources", "alerts", "health", "shared", "slurm"}
     for table in raw:
         if table not in known_tables:
             raise ConfigError(f"{path}: unknown table [{table}] (known: {', '.join(sorted(known_tables))})")
-    engine = reader.table(raw, "engine", {"sample_interval", "mem_headroom", "gpu_mem_headroom", "exclude_gpus"})
+    engine = reader.table(raw, "engine", {"sample_interval", "mem_headroom", "gpu_mem_headroom", "exclude_gpus",
+                                          "backend"})
+    backend = engine.get("backend", "local")
+    if backend not in BACKENDS:
+        raise reader.fail("engine.backend", f"write one of {', '.join(BACKENDS)}, got {backend!r}")
+    slurm = _slurm_settings(reader, reader.table(raw, "slurm", {"partition", "poll_interval", "gpu_types", "gpu_types_as"}))
     defaults = reader.table(raw, "defaults", {"cpus", "mem", "gpus", "gpu_mem", "disk", "time"})
     history = reader.table(raw, "history", {"raw_keep", "retention"})
     health = reader.table(raw, "health", {"gpu_idle_after"})
@@ -151,10 +174,29 @@ def _parse(path: Path, raw: dict[str, Any]) -> Config:
         gpu_idle_after_s=reader.duration("health.gpu_idle_after", health.get("gpu_idle_after", "15m")),
         alerts_table=dict(alerts),
         shared=shared,
+        backend=backend,
+        slurm=slurm,
     )
     if config.sample_interval_s < 0.2:
         raise ConfigError(f"{path}: engine.sample_interval: at least 0.2s (it costs CPU on every sample)")
     return config
+
+
+def _slurm_settings(reader: _Reader, table: dict[str, Any]) -> SlurmSettings:
+    partition = table.get("partition")
+    if partition is not None and (not isinstance(partition, str) or not partition.strip()):
+        raise reader.fail("slurm.partition", f"write a partition name, got {partition!r}")
+    poll = reader.duration("slurm.poll_interval", table.get("poll_interval", "2s"))
+    if poll < 0.5:
+        raise reader.fail("slurm.poll_interval", "at least 0.5s (each poll asks slurmctld about every job)")
+    kinds = table.get("gpu_types", {})
+    if not isinstance(kinds, dict):
+        raise reader.fail("slurm.gpu_types", 'write a table of GPU kind = memory per GPU, e.g. { a100 = "80G" }')
+    gpu_types = tuple(sorted((name, reader.size(f"slurm.gpu_types.{name}", size)) for name, size in kinds.items()))
+    kind_as = table.get("gpu_types_as", "gres")
+    if kind_as not in ("gres", "feature"):
+        raise reader.fail("slurm.gpu_types_as", f"write gres or feature, got {kind_as!r}")
+    return SlurmSettings(partition=partition, poll_interval_s=poll, gpu_types=gpu_types, gpu_types_as=kind_as)
 
 
 @dataclass(frozen=True)

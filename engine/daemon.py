@@ -71,6 +71,8 @@ class DaemonConfig:
     """The config file's values (``engine.config``)."""
     shared: bool = False
     """One engine for every user of the box (``engine.shared_daemon``)."""
+    slurm_env: dict[str, str] | None = None
+    """The environment Slurm's tools run with; default: the engine's own."""
 
 
 def gpu_probe_for(config: DaemonConfig) -> tuple[Any, str]:
@@ -152,9 +154,14 @@ def open_store(home: Home, settings: Config | None = None) -> tuple[RunStore, Hi
 def build_engine(config: DaemonConfig) -> Engine:
     store, history = open_store(config.home, config.settings)
     gpu_probe, gpu_source = gpu_probe_for(config)
-    root, how = cgroups.diagnose(allow_move=True)
-    log.info("memory cgroups: %s", how)
-    launcher = LocalLauncher(config.home.runs_dir, cgroup_root=root)
+    if config.settings.backend == "slurm":
+        # This machine only submits: its own GPUs are nobody's runs' (the TUI shows the cluster).
+        gpu_probe, gpu_source = _NoGpus(), "slurm"
+        launcher, root = slurm_launcher(config), None  # the nodes hold the runs: no cgroup here is theirs
+    else:
+        root, how = cgroups.diagnose(allow_move=True)
+        log.info("memory cgroups: %s", how)
+        launcher = LocalLauncher(config.home.runs_dir, cgroup_root=root)
     if config.shared:
         from engine import access
         from engine.shared_launch import SharedLauncher
@@ -174,6 +181,23 @@ def build_engine(config: DaemonConfig) -> Engine:
         home=config.home.root,
         config=config.settings,
         history=history,
+    )
+
+
+def slurm_launcher(config: DaemonConfig):
+    from engine.slurm.commands import SlurmTools
+    from engine.slurm.launcher import SlurmLauncher
+    from engine.slurm.mapping import GpuTypes
+
+    if config.shared:
+        # sbatch as root would run every user's job as root: each user runs their own daemon.
+        raise DaemonError("--shared and the Slurm backend do not go together: Slurm already serves "
+                          "every user; run `runyard --daemon --backend slurm` as each user")
+    slurm = config.settings.slurm
+    return SlurmLauncher(
+        config.home.runs_dir, partition=slurm.partition, tools=SlurmTools(config.slurm_env),
+        poll_interval_s=slurm.poll_interval_s,
+        gpu_types=GpuTypes(dict(slurm.gpu_types), as_feature=slurm.gpu_types_as == "feature"),
     )
 
 

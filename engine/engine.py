@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine import breaker, checkpoints, enforce, groups, health, policy, provenance, retry
-from engine import shared_policy, userfiles
+from engine import handover, shared_policy, userfiles
 from engine.config import Config
 from engine.launcher import LaunchError, Launcher, Observation
 from engine.model import Run, RunState
@@ -109,6 +109,8 @@ class Engine:
         self._peaks: dict[int, tuple[int, int]] = {}
         """``run_id -> (peak RSS, peak GPU memory)`` seen since this engine started; the
         history's summary supplies what earlier engines saw."""
+        self.schedules_itself = bool(getattr(launcher, "schedules_itself", False))
+        """A cluster backend (Slurm) that decides when and where runs start (:mod:`engine.handover`)."""
         self._term_delivered: set[int] = set()
         """Runs whose stop SIGTERM reached a process; a failed delivery (no pid known
         yet) is retried on the next tick instead of being forgotten."""
@@ -119,6 +121,8 @@ class Engine:
         """One round of supervision and admission; returns when the next one is due
         for a deadline or a grace period (``None``: nothing timed is pending)."""
         now = self.clock()
+        if self.schedules_itself:
+            self.launcher.refresh()
         # One transaction for the tick's changes (flushed before a launch or a stop
         # signal, which must find them durable): a tick that reaps and starts several
         # runs waits for the disk twice, not several times per run.
@@ -228,10 +232,13 @@ class Engine:
 
     def recover(self) -> None:
         """At start: settle runs that ended while no engine ran, re-adopt live ones."""
+        if self.schedules_itself:
+            self.launcher.refresh(force=True)
         for run in self.store.in_state(RunState.RUNNING):
             observation = self.launcher.observe(run)
             log.info("recovering run %s: %s %s", run.id, observation.state, observation.detail or "")
-            if observation.state == "lost" and run.shim_pid is None and not observation.child_pid:
+            if (observation.state == "lost" and run.shim_pid is None and not observation.child_pid
+                    and not run.backend_job):
                 # It never started: the engine stopped between marking it running and
                 # launching it. Running it now is the only way it runs at all, and it
                 # cannot run twice (no shim or child of it exists).
@@ -489,6 +496,9 @@ class Engine:
 
     def _supervise(self, run: Run, now: float, observation: Observation | None = None) -> None:
         observation = observation or self.launcher.observe(run)
+        if observation.state == "pending":
+            handover.requeued_by_backend(self, run, observation, now)
+            return
         if observation.state == "exited":
             self._finish(run, observation, now)
             return
@@ -505,6 +515,8 @@ class Engine:
             learned.update(pid=observation.child_pid, pid_started_at=observation.child_started_at)
         if not run.cores and observation.cores:
             learned.update(cores=observation.cores)
+        if observation.node and run.node != observation.node:
+            learned.update(node=observation.node)
         if run.shim_pid is None and observation.shim_pid:
             # Adopted after a crash between launch and recording the shim: remember it,
             # or every tick would search for it again.
@@ -649,6 +661,9 @@ class Engine:
     # --------------------------------------------------------------- admission
 
     def _admit(self, now: float) -> None:
+        if self.schedules_itself:
+            handover.admit(self, now)
+            return
         queued = self.store.in_state(RunState.QUEUED)
         if not queued:
             return
@@ -825,9 +840,15 @@ class Engine:
         return provenance.prepare(spec, args, user=user, gpu=gpu, runyard_version=__version__, captured=captured,
                                   read_git=read_git)
 
+    def _never_fits(self, spec) -> str | None:
+        if self.schedules_itself:
+            refusal = self.launcher.refusal(spec.envelope, spec.retry, spec.cwd)
+            return f"Slurm would never run it: {refusal} (ask for less, or see `sinfo` for what nodes have)" if refusal else None
+        return policy.never_fits(spec.envelope, self.sample().box)
+
     def _checked_spec(self, args: dict[str, Any]):
         spec = spec_from_request(args, self.config.default_envelope)
-        problem = policy.never_fits(spec.envelope, self.sample().box)
+        problem = self._never_fits(spec)
         if problem:
             raise RequestError(f"{problem}; nothing was queued", EXIT_BAD_INPUT)
         for dep_id, _ in spec.depends_on:
@@ -853,6 +874,8 @@ class Engine:
                 run.id, RunState.QUEUED, RunState.CANCELLED, "cancelled before it started", now=now, ended_at=now
             ):
                 return self.cancel(run_id)  # it started meanwhile: cancel it as a running run
+            self.store.flush()
+            handover.withdraw(self, run)
         elif run.state is RunState.RUNNING:
             if run.stop_request != "cancel":
                 self._request_stop(run, "cancel", "cancelling", now)
@@ -870,8 +893,13 @@ class Engine:
         if not held and self.store.unpause(breaker.key_of(run.group, run.user, run.uid)):
             log.info("run %s released: its group or user is admitted again", run.id)
         reason = f"held: release it with `runyard release {run.id}`" if held else "waiting: released"
-        if not self.store.update(run.id, RunState.QUEUED, held=held, reason=reason):
+        # Held means out of Slurm's queue too: its job is withdrawn, and released it is handed over anew.
+        withdrawn = {"backend_job": None} if held and run.backend_job else {}
+        if not self.store.update(run.id, RunState.QUEUED, held=held, reason=reason, **withdrawn):
             return self.set_held(run_id, held)
+        if withdrawn:
+            self.store.flush()
+            handover.withdraw(self, run)
         return self.get(run.id)
 
     def retry(self, run_id: Any) -> Run:
@@ -932,9 +960,14 @@ class Engine:
         """
         spec = spec_from_request(args, self.config.default_envelope)
         box = self.sample().box
-        problem = policy.never_fits(spec.envelope, box)
+        problem = self._never_fits(spec)
         if problem:
             return {"verdict": "refused", "reason": problem, "envelope": spec.envelope.to_dict(), "describe": spec.envelope.describe()}
+        if self.schedules_itself:
+            expected = self.launcher.expected_start(spec.envelope, spec.retry, spec.cwd)
+            reason = f"handed to Slurm at once; Slurm expects it to start {expected}" if expected else "handed to Slurm at once"
+            return {"verdict": "starts" if expected is None else "waits", "reason": reason,
+                    "envelope": spec.envelope.to_dict(), "describe": spec.envelope.describe()}
         candidate_id = -1
         queued = [
             policy.QueuedRun(run.id, run.envelope, run.priority, run.submitted_at, run.held)
@@ -984,7 +1017,11 @@ class Engine:
         counts = dict(
             self.store.conn.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall()
         )
+        extra: dict[str, Any] = {"backend": "slurm" if self.schedules_itself else "local"}
+        if self.schedules_itself:
+            extra["cluster"] = self.launcher.cluster()
         return {
+            **extra,
             "engine": {
                 "pid": os.getpid(),
                 "version": __version__,
@@ -1067,6 +1104,9 @@ def _outcome(run: Run, observation: Observation) -> tuple[RunState, str, str | N
         detail = run.stop_detail or "exceeded its envelope"
         failure = retry.GPU_MEMORY_OVERRUN if detail.startswith("exceeded GPU memory") else retry.MEMORY_OVERRUN
         return RunState.FAILED, f"{detail}; {how}", failure
+    backend = _backend_outcome(run, observation, how)
+    if backend is not None:
+        return backend
     oom = enforce.exit_reason(
         exit_code=observation.exit_code, signal=observation.signal, envelope=run.envelope,
         oom_killed=observation.oom_killed, box_oom_kill_rose=observation.box_oom_kill_rose,
@@ -1090,6 +1130,23 @@ def _outcome(run: Run, observation: Observation) -> tuple[RunState, str, str | N
     if observation.exit_code == 126:
         return RunState.FAILED, "exit code 126: command not executable", retry.EXIT
     return RunState.FAILED, how, retry.EXIT
+
+
+def _backend_outcome(run: Run, observation: Observation, how: str) -> tuple[RunState, str, str | None] | None:
+    """How a cluster backend says the run ended, when that says more than its exit code."""
+    where = f" on {observation.node}" if observation.node else ""
+    if observation.ended_by == "timeout":
+        limit = format_duration(run.envelope.time_limit_s) if run.envelope.time_limit_s else "its"
+        return RunState.TIMED_OUT, f"time limit {limit} reached (Slurm stopped it); {how}", retry.TIMEOUT
+    if observation.ended_by == "oom":
+        return RunState.FAILED, f"killed by Slurm: out of memory (--mem {run.envelope.describe()}); {how}", retry.OOM_KILLED
+    if observation.ended_by == "cancelled":
+        return RunState.CANCELLED, f"cancelled in Slurm (scancel outside runyard); {how}", retry.CANCELLED
+    if observation.ended_by == "node_fail":
+        return RunState.FAILED, f"lost: Slurm node failed{where}", retry.LOST
+    if observation.ended_by == "preempted":
+        return RunState.FAILED, f"preempted by Slurm{where}; {how}", retry.LOST
+    return None
 
 
 FINDINGS_INTERVAL_S = 15.0
@@ -1183,7 +1240,7 @@ def _fresh_attempt_fields(run: Run, attempt: int) -> dict[str, Any]:
         started_at=None, ended_at=None, gpus=(), cores=(), pid=None, pid_started_at=None, shim_pid=None,
         shim_started_at=None, exit_code=None, signal=None, stop_request=None, stop_requested_at=None,
         stop_detail=None, kill_sent_at=None, warn_sent_at=None, warning=None, resume_from=None,
-        health=None, health_detail=None,
+        health=None, health_detail=None, backend_job=None, node=None,
     )
 
 
@@ -1238,8 +1295,11 @@ def _same_overrun(previous: str | None, verdict: enforce.Verdict) -> bool:
     return all(names[resource] in previous for resource in verdict.resources)
 
 
-def run_environment(run: Run) -> dict[str, str]:
-    """The run's environment: the submitter's, plus what tells it its envelope."""
+def run_environment(run: Run, *, gpus_from_backend: bool = False) -> dict[str, str]:
+    """The run's environment: the submitter's, plus what tells it its envelope.
+
+    ``gpus_from_backend``: a cluster backend (Slurm) picks the GPUs on the node and sets
+    ``CUDA_VISIBLE_DEVICES`` itself; the submitter's value must not hide them."""
     env = dict(run.env)
     envelope = run.envelope
     env.update(
@@ -1252,6 +1312,8 @@ def run_environment(run: Run) -> dict[str, str]:
         CUDA_DEVICE_ORDER="PCI_BUS_ID",
         CUDA_VISIBLE_DEVICES=",".join(str(index) for index in run.gpus),
     )
+    if gpus_from_backend:
+        del env["CUDA_VISIBLE_DEVICES"]
     if envelope.gpu_mem_bytes is not None:
         env["RUNYARD_GPU_MEM_BYTES"] = str(envelope.gpu_mem_bytes)
     else:

@@ -41,7 +41,8 @@ CGROUP_CLEANUP_TIMEOUT_S = 2.0
 """How long observing a run's end may wait for what is left in its cgroup to die: the
 engine's tick waits meanwhile. A group still busy then is removed by a later sweep."""
 
-ObservedState = Literal["running", "exited", "lost"]
+ObservedState = Literal["pending", "running", "exited", "lost"]
+"""``pending``: a cluster backend holds the run but has not started it."""
 
 SHIM_DIED = "the supervisor shim died without recording an exit status"
 NEVER_STARTED = "never started"
@@ -94,6 +95,16 @@ class Observation:
     box_oom_kill_rose: bool | None = None
     """Once exited: whether the box-wide OOM kill count rose while the run ran; ``None``
     when it could not be read."""
+    job_id: str | None = None
+    """A cluster backend's job, when it found one (by name, after an interrupted hand-over)."""
+    node: str | None = None
+    started_at: float | None = None
+    """When a cluster backend started the run (its clock, not the hand-over's)."""
+    backend_reason: str = ""
+    """Why a cluster backend keeps it pending (Slurm's ``Resources``, ``Priority``...)."""
+    ended_by: str | None = None
+    """What a cluster backend says ended it: ``timeout``, ``oom``, ``cancelled``,
+    ``node_fail`` or ``preempted`` (``engine.slurm.jobs.ENDED_BY``)."""
 
 
 class Launcher(Protocol):

@@ -25,6 +25,9 @@ class RunState(str, Enum):
         return self in TERMINAL_STATES
 
 
+SUBMITTING = "submitting"
+"""``Run.backend_job`` while the run is being handed to the cluster backend."""
+
 TERMINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT})
 
 
@@ -161,6 +164,10 @@ class Run:
     params: dict[str, str] | None = None
     metrics: dict[str, Any] | None = None
     """Final metrics the run reported (``runyard.report``)."""
+    backend_job: str | None = None
+    """Its job in a cluster backend (Slurm's job id); ``SUBMITTING`` while being handed over."""
+    node: str | None = None
+    """Where the cluster backend runs (or ran) it."""
 
     @property
     def deadline(self) -> float | None:
@@ -223,6 +230,8 @@ class Run:
             seed=row.get("seed"),
             params=json.loads(row["params"]) if row.get("params") else None,
             metrics=json.loads(row["metrics"]) if row.get("metrics") else None,
+            backend_job=row.get("backend_job"),
+            node=row.get("node"),
         )
 
     def to_json(self, *, with_env: bool = False) -> dict[str, Any]:
@@ -271,6 +280,8 @@ class Run:
             "schedule_id": self.schedule_id,
             "seed": self.seed,
             "params": self.params,
+            "backend_job": None if self.backend_job == SUBMITTING else self.backend_job,
+            "node": self.node,
         }
         if with_env:
             data["env"] = dict(self.env)

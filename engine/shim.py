@@ -31,6 +31,10 @@ uid stays root). It enters ``--cwd DIR`` as the user, and reads the run's enviro
 JSON from ``--env-fd N``: its own environment is kept clean, because an ``LD_PRELOAD`` in
 a user's environment would otherwise be loaded by a root process.
 
+``--forward TERM,USR1,...``: these signals, sent to the shim, are passed on to the command's
+process group instead of being shrugged off. Under a batch scheduler (Slurm) the shim is
+the job's script, and the scheduler's warning and stop signals reach the script only.
+
 ``box_oom_kills`` is the box-wide ``oom_kill`` count of ``/proc/vmstat`` at launch and at
 the end: without a cgroup, a rise is the only hint that a SIGKILL came from the kernel.
 
@@ -56,7 +60,7 @@ EXIT_NOT_EXECUTABLE = 126
 USAGE_EXIT = 2
 USAGE = (
     "usage: python -I -S engine/shim.py RUN_DIR [--cores N,...] [--cgroup PATH [--cgroup-origin DIR]]"
-    " [--user UID --gid GID --groups G,... --umask MASK --log PATH --cwd DIR --env-fd N [--mkdir DIR]]"
+    " [--forward SIG,...] [--user UID --gid GID --groups G,... --umask MASK --log PATH --cwd DIR --env-fd N [--mkdir DIR]]"
     " -- COMMAND [ARG...]"
 )
 
@@ -73,6 +77,28 @@ _SHIELDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _DEFAULT_IN_CHILD = (*_SHIELDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ)
 """Python ignores SIGPIPE and SIGXFSZ at startup, and an ignored signal stays ignored
 across exec: the command must start with every disposition at its default."""
+
+
+_forward_to: list[int] = []
+"""The command's process group once it runs (empty before): where forwarded signals go."""
+_forward_pending: list[int] = []
+"""Forwarded signals that came before the command existed: delivered once it does."""
+
+
+def _forward(signum: int, frame: object) -> None:
+    if not _forward_to:
+        _forward_pending.append(signum)
+        return
+    try:
+        os.killpg(_forward_to[0], signum)
+    except OSError:
+        pass
+
+
+def _start_forwarding(child_pid: int) -> None:
+    _forward_to.append(child_pid)
+    while _forward_pending:
+        _forward(_forward_pending.pop(0), None)
 
 
 def _ignore(signum: int, frame: object) -> None:
@@ -488,10 +514,13 @@ def run(
     cwd: str | None = None,
     make_dirs: tuple[str, ...] = (),
     env_fd: int | None = None,
+    forward: tuple[int, ...] = (),
 ) -> int:
     """Start ``command``, wait for it, record the outcome; returns the shim's exit status."""
     for signum in _SHIELDED_SIGNALS:
         signal.signal(signum, _ignore)
+    for signum in forward:
+        signal.signal(signum, _forward)
     started_at = time.time()
     env = os.environ
     if env_fd is not None:
@@ -540,6 +569,8 @@ def run(
     with _AsRoot(identity):
         left = joined and cgroup_origin is not None and leave_cgroup(cgroup, cgroup_origin)
     record_start(run_dir, child_pid, started_at, start_facts)
+    if forward:
+        _start_forwarding(child_pid)
     exit_code = os.waitstatus_to_exitcode(wait_for(child_pid))
     ended_at = time.time()
     kill_stragglers(child_pid)
@@ -598,6 +629,13 @@ def parse_args(args: list[str]) -> tuple[str, dict, list[str]]:
                 raise ValueError(f"--groups takes group ids such as 100,27; got {value!r}") from None
         elif name in ("--log", "--cwd"):
             options[name[2:]] = value
+        elif name == "--forward":
+            try:
+                options["forward"] = tuple(
+                    int(getattr(signal, f"SIG{part.upper().removeprefix('SIG')}")) for part in value.split(",")
+                )
+            except AttributeError:
+                raise ValueError(f"--forward takes signal names such as TERM,USR1; got {value!r}") from None
         elif name == "--mkdir":
             options["make_dirs"] = (*options.get("make_dirs", ()), value)
         else:

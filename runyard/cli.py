@@ -159,6 +159,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--shared", action="store_true",
                         help="with --daemon: one engine for every user of the box (as root; "
                              "state in /var/lib/runyard, socket /run/runyard/runyard.sock)")
+    parser.add_argument("--backend", choices=("local", "slurm"),
+                        help="with --daemon: run on this box (local) or hand runs to Slurm (default: "
+                             "the config's [engine] backend, else local)")
+    parser.add_argument("--partition", metavar="P", help="with --backend slurm: the partition runs go to")
     parser.add_argument("--simulate-gpus", metavar="SPEC",
                         help="pretend the box has these GPUs, e.g. 4x80G or 2x80G,1x24G")
     parser.add_argument("--demo", action="store_true",
@@ -269,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run_daemon(home, args)
         if args.shared:
             raise CliError("--shared goes with --daemon: runyard --daemon --shared", EXIT_BAD_INPUT)
+        if args.backend or args.partition:
+            raise CliError("--backend and --partition go with --daemon: runyard --daemon --backend slurm",
+                           EXIT_BAD_INPUT)
         if args.command is None:
             return _run_tui(home, args)
         if args.command not in COMMANDS:
@@ -660,6 +667,7 @@ def _format_table(runs: Iterable[dict[str, Any]]) -> str:
     now = time.time()
     header = ("ID", "NAME", "STATE", "GPUS", "ENVELOPE", "TIME", "PROGRESS", "HEALTH", "REASON")
     rows = [header]
+    on_cluster = False
     for run in runs:
         envelope = Envelope.from_dict(run["envelope"]).describe()
         if run["started_at"]:
@@ -667,9 +675,14 @@ def _format_table(runs: Iterable[dict[str, Any]]) -> str:
         else:
             elapsed = "-"
         gpus = ",".join(str(index) for index in run["gpus"]) or "-"
+        if run.get("backend_job"):
+            on_cluster = True  # Slurm picks the node and the GPUs on it: where it runs is the news
+            gpus = f"{run['node']}:{run['backend_job']}" if run.get("node") else f"job {run['backend_job']}"
         rows.append((str(run["id"]), run["name"], run["state"], gpus, envelope, elapsed,
                      _progress_text(run, now), (run.get("health") if run["state"] == "running" else None) or "-",
                      run["reason"]))
+    if on_cluster:
+        rows[0] = ("ID", "NAME", "STATE", "WHERE", *header[4:])
     widths = [max(len(row[col]) for row in rows) for col in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows
@@ -739,6 +752,9 @@ def cmd_show(home: Home, args: argparse.Namespace) -> int:
         ("submitted", _stamp(run["submitted_at"])), ("started", _stamp(run["started_at"])),
         ("ended", _stamp(run["ended_at"])), ("log", run["log_path"]),
     ]
+    if run.get("backend_job"):
+        where = f"job {run['backend_job']}" + (f" on {run['node']}" if run.get("node") else " (not started)")
+        fields[9:11] = [("slurm", where)]
     if run.get("warning"):
         fields.insert(4, ("warning", run["warning"]))
     if run.get("retries") or run.get("attempt", 1) > 1:
@@ -941,11 +957,24 @@ def _run_daemon(home: Home, args: argparse.Namespace) -> int:
         settings = load_config(config_file)
     except ConfigError as error:
         raise CliError(str(error), EXIT_BAD_INPUT) from None
+    settings = _with_backend(settings, args)
     try:
         run(DaemonConfig(home=home, simulate_gpus=args.simulate_gpus, settings=settings, shared=args.shared))
     except DaemonError as error:
         raise CliError(str(error)) from None
     return 0
+
+
+def _with_backend(settings, args: argparse.Namespace):
+    """The config's backend and partition, with the command line's on top."""
+    from dataclasses import replace
+
+    backend = args.backend or settings.backend
+    if args.partition is not None and backend != "slurm":
+        raise CliError("--partition goes with the Slurm backend: runyard --daemon --backend slurm --partition P",
+                       EXIT_BAD_INPUT)
+    slurm = replace(settings.slurm, partition=args.partition) if args.partition else settings.slurm
+    return replace(settings, backend=backend, slurm=slurm)
 
 
 def _run_tui(home: Home, args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ def test_migrations_are_idempotent_and_set_wal_and_version(db_path):
     assert sql.schema_version(conn) == sql.SCHEMA_VERSION
     names = [row[0] for row in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'runyard'")]
     assert names == ["m001_runs", "m002_enforcement", "m003_attempts", "m004_health_and_scheduling", "m005_provenance_and_groups",
-                     "m006_index_ended_at"]
+                     "m006_index_ended_at", "m007_backend_jobs"]
     conn.close()
 
 
@@ -60,7 +60,7 @@ def test_a_version_5_database_gets_the_ended_at_index_and_keeps_its_runs(tmp_pat
     conn.close()
     migrate(path)
     conn = sql.connect(path)
-    assert sql.schema_version(conn) == sql.SCHEMA_VERSION == 6
+    assert sql.schema_version(conn) == sql.SCHEMA_VERSION == 7
     plan = " ".join(row[3] for row in conn.execute(
         "EXPLAIN QUERY PLAN SELECT * FROM runs WHERE state NOT IN ('queued', 'running') "
         "ORDER BY ended_at DESC, id DESC LIMIT 20"))

@@ -26,7 +26,7 @@ _WRITABLE = frozenset(
         "pid", "pid_started_at", "shim_pid", "shim_started_at", "stop_request",
         "stop_requested_at", "kill_sent_at", "log_path", "run_dir", "stop_detail", "cores", "warning",
         "attempt", "retries_used", "not_before", "failure_class", "warn_sent_at", "resume_from", "envelope",
-        "health", "health_detail", "progress", "metrics",
+        "health", "health_detail", "progress", "metrics", "backend_job", "node",
     }
 )
 

@@ -163,6 +163,16 @@ def m006_index_ended_at(db: Database) -> None:
     db.execute("PRAGMA user_version = 6")
 
 
+@migrations()
+def m007_backend_jobs(db: Database) -> None:
+    # With a cluster backend a run is also a job there: its id ("123") and the node it ran
+    # on. "submitting" marks a hand-over under way, so a restarted engine looks for the job
+    # by name instead of submitting it twice.
+    db.execute("ALTER TABLE runs ADD COLUMN backend_job TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN node TEXT")
+    db.execute("PRAGMA user_version = 7")
+
+
 def migrate(db_path: Path) -> None:
     """Bring the database at ``db_path`` to the current schema (creating it if needed).
 

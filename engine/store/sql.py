@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.model import Run, RunSpec, RunState
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_S = 60.0
 """How long a writer waits for the lock. Generous: a submit must never fail with
 "database is locked" because many submitters arrived at once."""

@@ -1,0 +1,165 @@
+"""Admission with a backend that schedules itself (Slurm): hand runs over, follow them.
+
+On one box the engine packs runs onto what is free. A cluster has its own scheduler, and
+runyard must not become a second one: every queued run that runyard itself lets go (not
+held, not backing off, its dependencies met, its group not paused, the engine not
+draining) is handed over at once, and the cluster decides where and when.
+
+A handed-over run stays ``queued`` with its job id (``Run.backend_job``) and the
+cluster's reason for waiting until the cluster starts it; then it is ``running`` and
+supervised like any other run (time limit, stop requests, retries, health).
+
+Crash safety: ``backend_job`` is set to ``SUBMITTING`` (and flushed) before ``sbatch``
+runs, and to the job id after. An engine that stops in between finds the job by its name
+(unique per home, run and attempt) when it starts again, or hands the run over anew if
+the cluster never got it; a run is never submitted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from engine import checkpoints, retry
+from engine.launcher import LaunchError, Observation
+from engine.model import SUBMITTING, Run, RunState
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
+
+log = logging.getLogger("runyard.engine")
+
+ORDER = "priority, then submission"
+
+
+def admit(engine: Engine, now: float) -> None:
+    """Hand every queued run the engine lets go to the backend; follow those handed over."""
+    queued = engine.store.in_state(RunState.QUEUED)
+    follow(engine, [run for run in queued if run.backend_job], now)
+    fresh = [run for run in queued if not run.backend_job]
+    if not fresh:
+        return
+    own_reasons, cancelled = engine._gate(fresh, now)
+    waiting: dict[int, str] = dict(own_reasons)
+    ready = []
+    for run in fresh:
+        if run.id in cancelled or run.id in own_reasons:
+            continue
+        if run.not_before is not None and run.not_before > now:
+            continue  # its reason says until when
+        if run.held:
+            continue
+        if engine.draining:
+            waiting[run.id] = "waiting: draining, nothing new is handed to Slurm"
+            continue
+        ready.append(run)
+    ready.sort(key=lambda run: (-run.priority, run.submitted_at, run.id))
+    for run in ready:
+        hand_over(engine, run, now)
+    engine.store.set_reasons(waiting)
+
+
+def hand_over(engine: Engine, run: Run, now: float) -> None:
+    from engine.engine import run_environment
+
+    launcher = engine.launcher
+    resume_from = checkpoints.latest_path(run.checkpoint_dir)
+    if not engine.store.update(run.id, RunState.QUEUED, backend_job=SUBMITTING, resume_from=resume_from,
+                               reason="waiting: being handed to Slurm"):
+        return
+    engine.store.flush()  # the marker must be on disk before the job can exist
+    run = engine.store.get(run.id) or run
+    try:
+        job_id, notes = launcher.hand_over(run, run_environment(run, gpus_from_backend=True))
+    except LaunchError as error:
+        if getattr(launcher, "error_is_transient", _transient)(error):
+            engine.store.update(run.id, RunState.QUEUED, backend_job=None,
+                                reason=f"waiting: cannot reach Slurm ({error}); trying again")
+            return
+        engine.store.transition(run.id, RunState.QUEUED, RunState.FAILED, f"cannot start: {error}",
+                                now=now, ended_at=now, backend_job=None)
+        return
+    note = f"; {'; '.join(notes)}" if notes else ""
+    log.info("run %s: handed to Slurm as job %s%s", run.id, job_id, note)
+    engine.store.update(run.id, RunState.QUEUED, backend_job=job_id,
+                        reason=f"waiting: Slurm job {job_id} submitted{note}",
+                        warning=notes[0] if notes else None)
+    engine.store.flush()
+
+
+def _transient(error: LaunchError) -> bool:
+    from engine.slurm.launcher import SlurmUnavailable
+
+    return isinstance(error, SlurmUnavailable)
+
+
+def follow(engine: Engine, handed: list[Run], now: float) -> None:
+    """Runs the backend holds but has not been seen to start."""
+    reasons: dict[int, str] = {}
+    for run in handed:
+        observation = engine.launcher.observe(run)
+        if run.backend_job == SUBMITTING:
+            if observation.job_id is None and observation.state == "lost":
+                # The engine stopped before sbatch ran (or sbatch failed): hand it over again.
+                engine.store.update(run.id, RunState.QUEUED, backend_job=None,
+                                    reason="waiting: the engine stopped while handing it to Slurm; again")
+                continue
+            if observation.job_id is not None:
+                log.info("run %s: adopted Slurm job %s (submitted before the engine stopped)",
+                         run.id, observation.job_id)
+                engine.store.update(run.id, RunState.QUEUED, backend_job=observation.job_id)
+                run = engine.store.get(run.id) or run
+            elif observation.state == "pending":
+                continue  # too early to tell
+        if observation.state == "pending":
+            why = observation.backend_reason or "queued"
+            reasons[run.id] = f"waiting: Slurm job {run.backend_job} pending ({why})"
+            continue
+        if observation.state == "lost":
+            engine._end_attempt(run, RunState.FAILED, f"lost: {observation.detail}", retry.LOST, now,
+                                ended_at=now, exit_code=None, signal=None)
+            continue
+        started = start(engine, run, observation, now)
+        if started is not None and observation.state == "exited":
+            engine._supervise(started, now, observation)
+    engine.store.set_reasons(reasons)
+
+
+def start(engine: Engine, run: Run, observation: Observation, now: float) -> Run | None:
+    """The backend started it: it is running from the backend's start time."""
+    started_at = observation.started_at or now
+    if not engine.store.transition(
+        run.id, RunState.QUEUED, RunState.RUNNING, f"running on {observation.node or 'a node'}",
+        now=now, started_at=started_at, node=observation.node,
+    ):
+        return None
+    return engine.store.get(run.id)
+
+
+def requeued_by_backend(engine: Engine, run: Run, observation: Observation, now: float) -> None:
+    """Slurm put a running job back in its queue (a failed node, preemption, ``scontrol
+    requeue``): the same job starts again later, as a new attempt of the run."""
+    from engine.engine import _fresh_attempt_fields
+
+    next_attempt = run.attempt + 1
+    fields = _fresh_attempt_fields(run, next_attempt)
+    # The same job runs again with the folder and log it was submitted with.
+    fields.update(backend_job=run.backend_job, run_dir=run.run_dir, log_path=run.log_path)
+    why = observation.backend_reason or "requeued"
+    record = {"ended_at": now, "state": RunState.QUEUED.value, "reason": f"requeued by Slurm ({why})",
+              "exit_code": None, "signal": None, "failure_class": retry.LOST}
+    engine.store.end_attempt(
+        run, RunState.QUEUED, f"waiting: Slurm job {run.backend_job} requeued by Slurm ({why})",
+        now=now, record=record, failure_class=retry.LOST, **fields,
+    )
+
+
+def withdraw(engine: Engine, run: Run) -> None:
+    """Take a handed-over run back from the backend (cancel, hold)."""
+    withdraw_job = getattr(engine.launcher, "withdraw", None)
+    if withdraw_job is None or not run.backend_job:
+        return
+    try:
+        withdraw_job(run)
+    except Exception:  # the run's record is already right; Slurm is told best-effort
+        log.exception("run %s: cannot withdraw Slurm job %s", run.id, run.backend_job)

@@ -1,0 +1,246 @@
+"""The engine's launcher for Slurm: a run is one batch job whose script is runyard's shim.
+
+The job script is the shim (:mod:`engine.shim`) run by the same Python, with the run's
+argv passed to it as arguments: Slurm hands them over as they are, no shell ever parses
+them. The shim writes ``shim.json`` and ``exit.json`` into the run folder as on one box;
+with runyard installed at the same path on every node and the run folder on a shared
+filesystem (what Slurm sites have), the exit record survives Slurm forgetting the job. The
+shim passes the signals Slurm and runyard send the job script on to the command.
+
+The engine polls: :meth:`SlurmLauncher.refresh` asks ``squeue`` once per poll interval for
+every job, and :meth:`observe` answers from that snapshot.
+"""
+
+from __future__ import annotations
+
+import signal as signals
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from engine import cgroups, shim
+from engine.envelope import Envelope
+from engine.launcher import SHIM_PATH, LaunchError, Observation
+from engine.model import SUBMITTING, Run
+from engine.retry import RetryPolicy
+from engine.slurm import mapping
+from engine.slurm.commands import SlurmError, SlurmTools
+from engine.slurm.jobs import Job
+
+FORWARDED = "TERM,INT,HUP,USR1,USR2"
+POLL_INTERVAL_S = 2.0
+CLUSTER_TTL_S = 5.0
+VANISHED = "Slurm no longer knows job {job} and it left no exit record"
+
+
+class SlurmUnavailable(LaunchError):
+    """Slurm could not be asked (not a refusal): the run stays queued and is tried again."""
+
+
+class SlurmLauncher:
+    schedules_itself = True
+    """Slurm decides when and where runs start: the engine hands every eligible run over."""
+    shared = False
+
+    def __init__(
+        self,
+        runs_dir: str | Path,
+        *,
+        partition: str | None = None,
+        gpu_types: mapping.GpuTypes = mapping.NO_GPU_TYPES,
+        tools: SlurmTools | None = None,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.partition = partition
+        self.gpu_types = gpu_types
+        self.tools = tools or SlurmTools()
+        self.poll_interval_s = poll_interval_s
+        self.clock = clock
+        self.home_tag = cgroups.home_tag(self.runs_dir)
+        self.script = self._write_script()
+        self.jobs: dict[str, Job] = {}
+        self.polled_at: float | None = None
+        self.error: str | None = None
+        """Why the last poll failed; while set, nothing is concluded about any job."""
+        self._handed_at: dict[str, float] = {}
+        self._cluster: dict[str, Any] | None = None
+
+    def _write_script(self) -> Path:
+        # sbatch wants a file that starts with "#!"; it sends its text to the node, so
+        # the interpreter and the shim must be at these paths there too.
+        script = self.runs_dir.parent / "slurm" / "job.py"
+        text = (
+            f"#!{sys.executable} -IS\n"
+            "# runyard's Slurm job: the shim starts the run's command, passes signals on, records its exit.\n"
+            "import sys\n"
+            f"sys.path.append({str(SHIM_PATH.parent)!r})\n"
+            "from shim import main\n"
+            "sys.exit(main())\n"
+        )
+        script.parent.mkdir(parents=True, exist_ok=True)
+        if not script.exists() or script.read_text() != text:
+            script.write_text(text)
+        return script
+
+    # -- what a run asks of Slurm ----------------------------------------------------
+
+    def request(self, run: Run) -> mapping.JobRequest:
+        return self._request(run.envelope, run.retry, mapping.job_name(run.id, run.attempt, self.home_tag),
+                             str(self._log_path(run)), run.cwd)
+
+    def _request(self, envelope: Envelope, retry: RetryPolicy, name: str, log: str, cwd: str) -> mapping.JobRequest:
+        return mapping.sbatch_options(envelope, retry, name=name, log_path=log, cwd=cwd,
+                                      partition=self.partition, gpu_types=self.gpu_types)
+
+    def refusal(self, envelope: Envelope, retry: RetryPolicy, cwd: str) -> str | None:
+        """Why Slurm would never run such a run (no node could ever hold it), or ``None``."""
+        request = self._request(envelope, retry, "runyard-check", "/dev/null", cwd)
+        try:
+            return self.tools.refusal(request.options, str(self.script))
+        except SlurmError:
+            return None  # unreachable now is not "never": the run waits for Slurm instead
+
+    def expected_start(self, envelope: Envelope, retry: RetryPolicy, cwd: str) -> str | None:
+        request = self._request(envelope, retry, "runyard-check", "/dev/null", cwd)
+        try:
+            return self.tools.expected_start(request.options, str(self.script))
+        except SlurmError:
+            return None
+
+    # -- hand-over -------------------------------------------------------------------
+
+    def run_dir(self, run: Run) -> Path:
+        return Path(run.run_dir) if run.run_dir else self.runs_dir / str(run.id)
+
+    def _log_path(self, run: Run) -> Path:
+        return Path(run.log_path) if run.log_path else self.run_dir(run) / "output.log"
+
+    def hand_over(self, run: Run, env: Mapping[str, str]) -> tuple[str, list[str]]:
+        """``sbatch`` the run; returns its job id and what Slurm could not be told exactly.
+
+        Raises:
+            LaunchError: Slurm refused the job (the run fails with the reason).
+            SlurmUnavailable: Slurm could not be reached (the run stays queued).
+        """
+        if not run.argv:
+            raise LaunchError("the run has no command to start")
+        run_dir = self.run_dir(run)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for name in (shim.SHIM_FILE, shim.EXIT_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+            self._log_path(run).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as error:
+            raise LaunchError(f"cannot prepare the run directory {run_dir}: {error.strerror}") from None
+        request = self.request(run)
+        args = [str(run_dir), "--forward", FORWARDED, "--", *run.argv]
+        try:
+            job_id = self.tools.submit(request.options, str(self.script), args, env)
+        except SlurmError as error:
+            text = str(error)
+            if "did not answer" in text or "not installed" in text or "cannot run" in text or "Unable to contact" in text:
+                raise SlurmUnavailable(text) from None
+            raise LaunchError(f"refused by Slurm: {text.removeprefix('sbatch: ')}") from None
+        self._handed_at[job_id] = self.clock()
+        return job_id, request.notes
+
+    def withdraw(self, run: Run) -> None:
+        """Take a job out of Slurm (cancel, hold); Slurm not answering is logged by the caller."""
+        if run.backend_job and run.backend_job != SUBMITTING:
+            self.tools.cancel(run.backend_job)
+
+    # -- observing -------------------------------------------------------------------
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Poll Slurm once per interval (every tick would hammer slurmctld on a busy site)."""
+        now = self.clock()
+        if not force and self.polled_at is not None and now - self.polled_at < self.poll_interval_s:
+            return
+        try:
+            self.jobs = self.tools.queue()
+            self.error = None
+        except SlurmError as error:
+            self.error = str(error)
+        self.polled_at = now
+
+    def find(self, run: Run) -> Job | None:
+        if run.backend_job and run.backend_job != SUBMITTING:
+            return self.jobs.get(run.backend_job)
+        name = mapping.job_name(run.id, run.attempt, self.home_tag)
+        found = [job for job in self.jobs.values() if job.name == name]
+        return max(found, key=lambda job: int(job.job_id)) if found else None
+
+    def observe(self, run: Run) -> Observation:
+        if self.polled_at is None:
+            self.refresh(force=True)
+        run_dir = self.run_dir(run)
+        ended = _read_json(run_dir / shim.EXIT_FILE)
+        job = self.find(run)
+        if job is None and ended is not None and self._too_new(run):
+            self.refresh(force=True)  # it ended between two polls: ask once more, for its node and state
+            job = self.find(run)
+        facts: dict[str, Any] = {"job_id": job.job_id if job else None}
+        if job is not None:
+            facts.update(node=job.node, started_at=job.started_at, backend_reason=job.reason)
+        if ended is not None and (job is None or job.phase != "pending"):
+            return Observation(
+                "exited", exit_code=ended.get("exit_code"), signal=ended.get("signal"),
+                ended_at=ended.get("ended_at"), ended_by=job.ended_by if job else None, **facts,
+            )
+        if self.error is not None or job is None and self._too_new(run):
+            # Slurm unreadable, or the job is newer than the last answer: nothing changed.
+            state = "running" if run.started_at is not None else "pending"
+            return Observation(state, detail=self.error or "just handed to Slurm", **facts)
+        if job is None:
+            return Observation("lost", detail=VANISHED.format(job=run.backend_job))
+        if job.phase == "pending":
+            return Observation("pending", **facts)
+        if job.phase == "running":
+            return Observation("running", **facts)
+        return Observation(
+            "exited", exit_code=job.exit_code, signal=job.signal, ended_at=job.ended_at, ended_by=job.ended_by,
+            detail=f"Slurm: {job.state}", **facts,
+        )
+
+    def _too_new(self, run: Run) -> bool:
+        handed = self._handed_at.get(run.backend_job or "")
+        return handed is not None and self.polled_at is not None and self.polled_at <= handed
+
+    def signal(self, run: Run, sig: int) -> bool:
+        if not run.backend_job or run.backend_job == SUBMITTING:
+            return False
+        try:
+            return self.tools.signal(run.backend_job, signals.Signals(sig).name.removeprefix("SIG"))
+        except SlurmError:
+            return False
+
+    def exit_fd(self, run: Run) -> int | None:
+        return None  # the poll tells
+
+    # -- the cluster -----------------------------------------------------------------
+
+    def cluster(self) -> dict[str, Any]:
+        """Partitions and nodes for ``status``; read at most every few seconds."""
+        now = self.clock()
+        if self._cluster is None or now - self._cluster["at"] >= CLUSTER_TTL_S:
+            try:
+                view = self.tools.cluster(self.partition)
+            except SlurmError as error:
+                view = {"partition": self.partition, "partitions": [], "nodes": [], "error": str(error)}
+            self._cluster = {**view, "at": now}
+        return self._cluster
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        with open(path, "rb") as file:
+            data = json.load(file)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
