@@ -161,12 +161,14 @@ def scratch_dir(name: str) -> Path:
 class RunyardDaemon:
     """A daemon on a throwaway home with an empty config (the defaults) and simulated GPUs."""
 
-    def __init__(self, name: str, *, gpus: str = "8x80G", home: Path | None = None) -> None:
+    def __init__(self, name: str, *, gpus: str = "8x80G", home: Path | None = None,
+                 daemon_args: Sequence[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.home = home or scratch_dir(name)
         self.config = self.home.parent / f"{self.home.name}.toml"
         self.config.write_text("")
-        self.env = tagged_env(RUNYARD_HOME=str(self.home), RUNYARD_CONFIG=str(self.config))
+        self.env = tagged_env(RUNYARD_HOME=str(self.home), RUNYARD_CONFIG=str(self.config), **(env or {}))
         self.gpus = gpus
+        self.daemon_args = list(daemon_args) if daemon_args is not None else ["--simulate-gpus", gpus]
         self.process: subprocess.Popen | None = None
         self.log_path = self.home.parent / f"{self.home.name}.daemon.log"
 
@@ -179,7 +181,7 @@ class RunyardDaemon:
 
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [*RUNYARD, "--daemon", "--simulate-gpus", self.gpus], env=self.env,
+                [*RUNYARD, "--daemon", *self.daemon_args], env=self.env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         client = Client(self.socket_path, timeout_s=5.0)

@@ -23,6 +23,7 @@ import fcntl
 import logging
 import os
 import pwd
+import shutil
 import signal
 import socket
 import sqlite3
@@ -193,6 +194,11 @@ def slurm_launcher(config: DaemonConfig):
         # sbatch as root would run every user's job as root: each user runs their own daemon.
         raise DaemonError("--shared and the Slurm backend do not go together: Slurm already serves "
                           "every user; run `runyard --daemon --backend slurm` as each user")
+    env = config.slurm_env if config.slurm_env is not None else os.environ
+    missing = [tool for tool in ("sbatch", "squeue", "scancel", "sinfo") if shutil.which(tool, path=env.get("PATH")) is None]
+    if missing:
+        raise DaemonError(f"the Slurm backend needs {', '.join(missing)} on PATH: install Slurm's client tools "
+                          "(Debian: slurm-client) or start without --backend slurm")
     slurm = config.settings.slurm
     return SlurmLauncher(
         config.home.runs_dir, partition=slurm.partition, tools=SlurmTools(config.slurm_env),

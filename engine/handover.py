@@ -72,9 +72,11 @@ def hand_over(engine: Engine, run: Run, now: float) -> None:
     try:
         job_id, notes = launcher.hand_over(run, run_environment(run, gpus_from_backend=True))
     except LaunchError as error:
-        if getattr(launcher, "error_is_transient", _transient)(error):
-            engine.store.update(run.id, RunState.QUEUED, backend_job=None,
-                                reason=f"waiting: cannot reach Slurm ({error}); trying again")
+        if _transient(error):
+            # The marker stays: the job may exist all the same (sbatch timed out after slurmctld
+            # took it). follow() adopts it by name, or hands the run over again once a poll
+            # made after this attempt shows no such job.
+            engine.store.update(run.id, RunState.QUEUED, reason=f"waiting: cannot reach Slurm ({error}); trying again")
             return
         engine.store.transition(run.id, RunState.QUEUED, RunState.FAILED, f"cannot start: {error}",
                                 now=now, ended_at=now, backend_job=None)
@@ -99,18 +101,17 @@ def follow(engine: Engine, handed: list[Run], now: float) -> None:
     for run in handed:
         observation = engine.launcher.observe(run)
         if run.backend_job == SUBMITTING:
-            if observation.job_id is None and observation.state == "lost":
-                # The engine stopped before sbatch ran (or sbatch failed): hand it over again.
-                engine.store.update(run.id, RunState.QUEUED, backend_job=None,
-                                    reason="waiting: the engine stopped while handing it to Slurm; again")
-                continue
             if observation.job_id is not None:
-                log.info("run %s: adopted Slurm job %s (submitted before the engine stopped)",
-                         run.id, observation.job_id)
+                log.info("run %s: adopted Slurm job %s (its hand-over was interrupted)", run.id, observation.job_id)
                 engine.store.update(run.id, RunState.QUEUED, backend_job=observation.job_id)
                 run = engine.store.get(run.id) or run
-            elif observation.state == "pending":
-                continue  # too early to tell
+            elif observation.state == "lost":
+                # Slurm never got it (the engine stopped before sbatch ran, or sbatch failed).
+                engine.store.update(run.id, RunState.QUEUED, backend_job=None,
+                                    reason="waiting: Slurm never got it; handing it over again")
+                continue
+            elif observation.state != "exited":
+                continue  # Slurm unreadable, or asked before the attempt: too early to tell
         if observation.state == "pending":
             why = observation.backend_reason or "queued"
             reasons[run.id] = f"waiting: Slurm job {run.backend_job} pending ({why})"
@@ -129,7 +130,7 @@ def start(engine: Engine, run: Run, observation: Observation, now: float) -> Run
     """The backend started it: it is running from the backend's start time."""
     started_at = observation.started_at or now
     if not engine.store.transition(
-        run.id, RunState.QUEUED, RunState.RUNNING, f"running on {observation.node or 'a node'}",
+        run.id, RunState.QUEUED, RunState.RUNNING, "running",
         now=now, started_at=started_at, node=observation.node,
     ):
         return None

@@ -881,7 +881,10 @@ def cmd_status(home: Home, args: argparse.Namespace) -> int:
     print(f"memory   {format_size(host['mem_total'] - host['mem_available'])} used of "
           f"{format_size(host['mem_total'])}, {format_size(status['reserved']['mem_bytes'])} reserved")
     print(f"disk     {format_size(host['disk_free'])} free of {format_size(host['disk_total'])}")
-    print(f"gpus     {engine['gpu_source']}")
+    if status.get("cluster"):
+        _print_cluster(status["cluster"])
+    else:
+        print(f"gpus     {engine['gpu_source']}")
     for gpu in status["gpus"]:
         state = "" if gpu["available"] else f"  UNAVAILABLE: {gpu['unavailable_reason']}"
         holders = ",".join(map(str, gpu["holders"])) or "-"
@@ -896,6 +899,27 @@ def cmd_status(home: Home, args: argparse.Namespace) -> int:
     counts = ", ".join(f"{count} {state}" for state, count in status["counts"].items() if count)
     print(f"runs     {counts or 'none'}")
     return 0
+
+
+def _print_cluster(cluster: dict[str, Any]) -> None:
+    """The Slurm backend's partitions and nodes: this machine only submits."""
+    from engine.units import format_size
+
+    print(f"slurm    partition {cluster['partition'] or '(the default)'}"
+          + (f"  ERROR: {cluster['error']}" if cluster.get("error") else ""))
+    for part in cluster.get("partitions", []):
+        print(f"  {part['name']}{'*' if part['default'] else ''}: {part['state']}, {part['nodes']} nodes, "
+              f"CPUs {part['cpus_alloc']}/{part['cpus_total']} allocated, GPUs {part['gpus_used']}/{part['gpus_total']}"
+              f" in use, time limit {part['time_limit']}")
+    for node in cluster.get("nodes", []):
+        mem = format_size(node["mem_total_bytes"])
+        if node.get("mem_alloc_bytes") is not None:
+            mem = f"{format_size(node['mem_alloc_bytes'])}/{mem}"
+        gpus = f", GPUs {node['gpus_used'] if node.get('gpus_used') is not None else '?'}/{node['gpus_total']}" \
+            if node["gpus_total"] else ""
+        reason = f" ({node['reason']})" if node.get("reason") else ""
+        print(f"  {node['name']}: {node['state']}{reason}, CPUs {node['cpus_alloc']}/{node['cpus_total']}, "
+              f"memory {mem}{gpus}")
 
 
 COMMANDS = {

@@ -33,6 +33,11 @@ FORWARDED = "TERM,INT,HUP,USR1,USR2"
 POLL_INTERVAL_S = 2.0
 CLUSTER_TTL_S = 5.0
 VANISHED = "Slurm no longer knows job {job} and it left no exit record"
+UNREACHABLE_HINTS = (
+    "did not answer", "not installed", "cannot run", "unable to contact", "timed out", "connection refused",
+    "zero bytes were transmitted", "could not establish a configuration",
+)
+"""Words of a failed sbatch that say Slurm was not reached, rather than that it said no."""
 
 
 class SlurmUnavailable(LaunchError):
@@ -64,10 +69,13 @@ class SlurmLauncher:
         self.script = self._write_script()
         self.jobs: dict[str, Job] = {}
         self.polled_at: float | None = None
+        """When Slurm last answered a poll."""
+        self._asked_at: float | None = None
         self.error: str | None = None
         """Why the last poll failed; while set, nothing is concluded about any job."""
         self._handed_at: dict[str, float] = {}
         self._cluster: dict[str, Any] | None = None
+        self._cluster_asked_at = 0.0
 
     def _write_script(self) -> Path:
         # sbatch wants a file that starts with "#!"; it sends its text to the node, so
@@ -138,11 +146,14 @@ class SlurmLauncher:
             raise LaunchError(f"cannot prepare the run directory {run_dir}: {error.strerror}") from None
         request = self.request(run)
         args = [str(run_dir), "--forward", FORWARDED, "--", *run.argv]
+        # Until a poll after this instant, not finding the job proves nothing: sbatch may
+        # have got it to slurmctld even if it failed to say so (a timeout).
+        self._handed_at[_submitting_key(run)] = self.clock()
         try:
             job_id = self.tools.submit(request.options, str(self.script), args, env)
         except SlurmError as error:
             text = str(error)
-            if "did not answer" in text or "not installed" in text or "cannot run" in text or "Unable to contact" in text:
+            if any(hint in text.lower() for hint in UNREACHABLE_HINTS):
                 raise SlurmUnavailable(text) from None
             raise LaunchError(f"refused by Slurm: {text.removeprefix('sbatch: ')}") from None
         self._handed_at[job_id] = self.clock()
@@ -158,14 +169,18 @@ class SlurmLauncher:
     def refresh(self, *, force: bool = False) -> None:
         """Poll Slurm once per interval (every tick would hammer slurmctld on a busy site)."""
         now = self.clock()
-        if not force and self.polled_at is not None and now - self.polled_at < self.poll_interval_s:
+        if not force and self._asked_at is not None and now - self._asked_at < self.poll_interval_s:
             return
+        self._asked_at = now
         try:
             self.jobs = self.tools.queue()
             self.error = None
         except SlurmError as error:
             self.error = str(error)
+            return
         self.polled_at = now
+        for key in [key for key, at in self._handed_at.items() if at < now - 3600]:
+            del self._handed_at[key]  # long since seen (or not) by a poll
 
     def find(self, run: Run) -> Job | None:
         if run.backend_job and run.backend_job != SUBMITTING:
@@ -175,7 +190,7 @@ class SlurmLauncher:
         return max(found, key=lambda job: int(job.job_id)) if found else None
 
     def observe(self, run: Run) -> Observation:
-        if self.polled_at is None:
+        if self._asked_at is None:
             self.refresh(force=True)
         run_dir = self.run_dir(run)
         ended = _read_json(run_dir / shim.EXIT_FILE)
@@ -207,7 +222,8 @@ class SlurmLauncher:
         )
 
     def _too_new(self, run: Run) -> bool:
-        handed = self._handed_at.get(run.backend_job or "")
+        key = _submitting_key(run) if run.backend_job == SUBMITTING else run.backend_job or ""
+        handed = self._handed_at.get(key)
         return handed is not None and self.polled_at is not None and self.polled_at <= handed
 
     def signal(self, run: Run, sig: int) -> bool:
@@ -224,15 +240,21 @@ class SlurmLauncher:
     # -- the cluster -----------------------------------------------------------------
 
     def cluster(self) -> dict[str, Any]:
-        """Partitions and nodes for ``status``; read at most every few seconds."""
+        """Partitions and nodes for ``status``; Slurm is asked at most every few seconds."""
         now = self.clock()
-        if self._cluster is None or now - self._cluster["at"] >= CLUSTER_TTL_S:
+        if self._cluster is None or now - self._cluster_asked_at >= CLUSTER_TTL_S:
+            self._cluster_asked_at = now
             try:
-                view = self.tools.cluster(self.partition)
+                self._cluster = {**self.tools.cluster(self.partition), "at": now}
             except SlurmError as error:
-                view = {"partition": self.partition, "partitions": [], "nodes": [], "error": str(error)}
-            self._cluster = {**view, "at": now}
+                # The last figures, dated by their "at", beat none while Slurm does not answer.
+                last = self._cluster or {"partition": self.partition, "partitions": [], "nodes": [], "at": None}
+                self._cluster = {**last, "error": str(error)}
         return self._cluster
+
+
+def _submitting_key(run: Run) -> str:
+    return f"run {run.id} attempt {run.attempt}"
 
 
 def _read_json(path: Path) -> dict | None:
