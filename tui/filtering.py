@@ -1,9 +1,9 @@
 """The queue's filter: words a run must all match.
 
-``bert`` matches a run whose id, name, user, state, reason or command holds "bert"
-(case-insensitive). ``state:queued``, ``user:alice``, ``name:sweep``, ``gpu:1`` and
-``id:12`` match one field. ``-word`` (or ``-state:failed``) keeps the runs that do not
-match. Pure: no Textual.
+``bert`` matches a run whose id, name, user, state, reason, command, node or Slurm job
+holds "bert" (case-insensitive). ``state:queued``, ``user:alice``, ``name:sweep``,
+``gpu:1``, ``id:12``, ``node:gpu017`` and ``job:4242`` (the Slurm job) match one field.
+``-word`` (or ``-state:failed``) keeps the runs that do not match. Pure: no Textual.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from tui import format as fmt
 
-FIELDS = ("state", "user", "name", "gpu", "id", "health")
+FIELDS = ("state", "user", "name", "gpu", "id", "health", "node", "job")
 
 
 class RunFilter:
@@ -53,8 +53,13 @@ class RunFilter:
             return str(run.get("id")) == value
         if field == "health":
             return fmt.health_text(run).startswith(value)
+        if field == "node":
+            return value in str(run.get("node") or "").lower()
+        if field == "job":
+            return str(run.get("backend_job") or "") == value
         haystack = " ".join((
             str(run.get("id")), str(run.get("name") or ""), fmt.user_text(run), str(run.get("state") or ""),
             str(run.get("reason") or ""), fmt.command_text(run), str(run.get("group") or ""),
+            str(run.get("node") or ""), str(run.get("backend_job") or ""),
         )).lower()
         return value in haystack

@@ -78,6 +78,28 @@ def gpus_text(run: Mapping[str, Any]) -> str:
     return ",".join(str(index) for index in run.get("gpus") or ())
 
 
+def where_text(run: Mapping[str, Any], *, short: bool = False) -> str:
+    """Where a run handed to Slurm is: ``gpu017 · job 4242``, or ``job 4242`` while it is
+    pending (no node yet). ``short`` is for a narrow table: the node alone once there is
+    one (the run line and the run's detail still give the job id). Empty for a local run."""
+    job = run.get("backend_job")
+    if not job:
+        return ""
+    node = run.get("node")
+    if not node:
+        return f"job {job}"
+    return str(node) if short else f"{node} · job {job}"
+
+
+def slurm_text(run: Mapping[str, Any]) -> str:
+    """``Slurm job 4242 on gpu017`` for a run handed to Slurm; empty for a local run."""
+    job = run.get("backend_job")
+    if not job:
+        return ""
+    node = run.get("node")
+    return f"Slurm job {job} on {node}" if node else f"Slurm job {job}"
+
+
 def exit_text(run: Mapping[str, Any]) -> str:
     if run.get("exit_code") is not None:
         return str(run["exit_code"])
@@ -301,9 +323,22 @@ MODE_LABELS = {"embedded": "embedded engine", "daemon": "daemon"}
 
 
 def engine_line(status: Mapping[str, Any], hostname: str) -> str:
-    """``gpubox · daemon · GPUs: simulated 4x80G``, ending in ``· DRAINING`` when draining."""
+    """``gpubox · daemon · GPUs: simulated 4x80G``, ending in ``· DRAINING`` when draining;
+    with the Slurm backend, ``backend: slurm (partition debug)`` in place of the GPUs,
+    which are then the cluster's, not this machine's."""
     engine = status.get("engine") or {}
     mode = str(engine.get("mode") or "?")
-    parts = [hostname, MODE_LABELS.get(mode, mode), f"GPUs: {engine.get('gpu_source') or '?'}"]
+    parts = [hostname, MODE_LABELS.get(mode, mode), backend_text(status)]
     text = " · ".join(parts)
     return text + DRAINING_FLAG if engine.get("draining") else text
+
+
+def backend_text(status: Mapping[str, Any]) -> str:
+    """What the engine runs on; an engine that does not say (an older one) runs locally."""
+    backend = str(status.get("backend") or "local")
+    if backend == "local":
+        return f"GPUs: {(status.get('engine') or {}).get('gpu_source') or '?'}"
+    if backend == "slurm":
+        partition = (status.get("cluster") or {}).get("partition")
+        return f"backend: slurm ({f'partition {partition}' if partition else 'default partition'})"
+    return f"backend: {backend}"

@@ -21,6 +21,7 @@ from textual.message import Message
 
 from engine.client import ClientError, DaemonUnavailable, every_run
 from tui.format import TERMINAL_STATES
+from tui.widgets.cluster import is_cluster
 from tui.widgets.resources import BoxHistory
 
 UNREACHABLE_HINT = "engine not reachable — start it with `runyard --daemon`"
@@ -126,6 +127,8 @@ class Poller:
                           full_fetch=full, fresh=None if full else fresh)
 
     def _history(self, status: dict[str, Any]) -> BoxHistory | None:
+        if is_cluster(status):
+            return None  # the cluster's view draws no sparklines of the engine's login node
         now = self._clock()
         if not self._history_supported or (self._history_at is not None and now - self._history_at < HISTORY_EVERY_S):
             return None

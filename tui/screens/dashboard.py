@@ -65,7 +65,7 @@ class DashboardScreen(RunScreen):
             banner.show("draining: no new runs will start (runyard undrain to resume)", "warning")
         else:
             banner.hide()
-        self.query_one(ResourcesPanel).update_status(status, view.history)
+        self.query_one(ResourcesPanel).update_status(status, view.history, now)
         self.query_one(QueueTable).update_runs(view.runs, now)
         self._update_titles(status)
         self._show_highlighted()

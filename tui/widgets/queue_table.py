@@ -26,6 +26,8 @@ from tui.filtering import RunFilter
 WIDE_MIN_WIDTH = 110
 """Content width from which user, priority, GPUs, envelope and attempts get columns."""
 NAME_MAX_WIDTH = {False: 16, True: 28}
+WHERE_MAX_WIDTH = {False: 12, True: 28}
+"""``gpu-a100-017`` when narrow; ``gpu-a100-017 · job 48213377`` when wide."""
 ENVELOPE_MAX_WIDTH = 34
 REASON_MIN_WIDTH = 12
 STATE_WIDTH = len("succeeded")
@@ -64,7 +66,7 @@ class SortOrder:
 
 SORT_LABELS = {"queue": "queue order", "id": "id", "name": "name", "user": "user", "state": "state",
                "priority": "priority", "submitted": "submitted", "reason": "time / reason",
-               "health": "health", "attempts": "attempts"}
+               "health": "health", "attempts": "attempts", "where": "where", "where_short": "where"}
 SORT_CYCLE = ("queue", "id", "name", "user", "priority", "submitted")
 _SORT_KEYS: dict[str, Callable[[Run], Any]] = {
     "queue": fmt.queue_order_key,
@@ -77,7 +79,10 @@ _SORT_KEYS: dict[str, Callable[[Run], Any]] = {
     "reason": fmt.queue_order_key,
     "health": lambda run: (fmt.health_text(run), fmt.queue_order_key(run)),
     "attempts": lambda run: (-fmt.as_number(run.get("attempts", run.get("attempt"))), fmt.queue_order_key(run)),
+    "where": lambda run: (not run.get("node"), str(run.get("node") or ""), fmt.queue_order_key(run)),
 }
+_SORT_KEYS["where_short"] = _SORT_KEYS["where"]
+"""The narrow table's where column (the node alone) sorts like the wide one."""
 
 
 class Cell:
@@ -131,7 +136,8 @@ class _Row:
 
 class QueueTable(DataTable):
     """Runs with state, time or waiting reason, health (and user, envelope, attempts when
-    wide). Feed it with :meth:`update_runs`; the cursor stays on the same run.
+    wide; where, once runs go to Slurm). Feed it with :meth:`update_runs`; the cursor
+    stays on the same run.
 
     Each run's texts are computed when the run changes (and, for a running run, when
     the clock moves), not on every poll; a row is written to the table only when its
@@ -390,7 +396,15 @@ class QueueTable(DataTable):
         fixed.append(_Column("state", "STATE", STATE_WIDTH))
         if wide:
             fixed.append(_Column("priority", "PRI", 3, "right"))
+        # Only runs handed to Slurm have a node and a job: a local queue keeps its room.
+        on_slurm = any(row.run.get("backend_job") for row in rows)
+        if on_slurm:
+            key = "where" if wide else "where_short"
+            fixed.append(_Column(key, "WHERE", widest(key, 5, WHERE_MAX_WIDTH[wide])))
+        # Slurm places a run's GPUs on its node: the box's GPU indices would be blank.
+        if wide and (not on_slurm or any(row.texts["gpus"][0] for row in rows)):
             fixed.append(_Column("gpus", "GPUS", widest("gpus", 4, 7)))
+        if wide:
             fixed.append(_Column("envelope", "ENVELOPE", widest("envelope", 8, ENVELOPE_MAX_WIDTH)))
         tail = [_Column("health", "HEALTH", len("unhealthy") if wide else len("starting"))]
         if wide:
@@ -426,6 +440,8 @@ class QueueTable(DataTable):
                       self._style(fmt.state_color_variable(run), bold=state == "running")),
             "priority": ("" if priority is None else str(priority), None),
             "gpus": (fmt.gpus_text(run), None),
+            "where": (fmt.where_text(run), self._style("text-muted") if state == "queued" else None),
+            "where_short": (fmt.where_text(run, short=True), self._style("text-muted") if state == "queued" else None),
             "envelope": (fmt.envelope_text(run), self._style("text-muted")),
             "reason": (fmt.time_or_reason(run, now), self._style("text-warning") if held else None),
             "health": (health, self._style(fmt.health_variable(health))),

@@ -1,5 +1,6 @@
 """The box at a glance: CPU, memory, disk, what runyard's runs hold, and one line per
-GPU with who holds it and a sparkline of its recent utilisation."""
+GPU with who holds it and a sparkline of its recent utilisation. With the Slurm backend,
+the cluster's partitions and nodes instead (:mod:`tui.widgets.cluster`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from textual.widget import Widget
 from engine.units import format_size
 from tui import charts
 from tui import format as fmt
+from tui.widgets import cluster
+from tui.widgets.lines import bar, clip, fit
 
 METER_GAP = 3
 MIN_BAR_WIDTH = 4
@@ -21,7 +24,7 @@ MAX_BAR_WIDTH = 40
 """Past this, a longer bar reads no better and pushes the figures away from their labels."""
 WIDE_MIN_WIDTH = 110
 """Content width from which CPU, memory and disk get a line (and a sparkline) each, and
-GPU lines also show temperature and power."""
+GPU lines also show temperature and power (and the cluster's lines a second bar)."""
 HOLDERS_WIDTH = {False: 12, True: 20}
 SPARK_WIDTH = {False: 10, True: 24}
 NAME_WIDTH = {False: 12, True: 22}
@@ -77,16 +80,25 @@ class ResourcesPanel(Widget):
         self._signature: object = None
         self.border_title = "Resources"
 
-    def update_status(self, status: Mapping[str, Any] | None, history: BoxHistory | None = None) -> bool:
-        """Show ``status`` (and ``history``, when given); returns whether anything changed."""
+    def update_status(self, status: Mapping[str, Any] | None, history: BoxHistory | None = None,
+                      now: float | None = None) -> bool:
+        """Show ``status`` (and ``history``, when given); returns whether anything changed.
+        ``now`` dates the cluster's figures when they are old."""
         if history is not None:
             self._history = history
-        signature = (_without_clock(status), id(self._history))
+        on_cluster = cluster.is_cluster(status)
+        # The cluster's subtitle dates old figures: it may change while the status does not.
+        cluster_note = cluster.subtitle(status.get("cluster"), now) if on_cluster else ""
+        signature = (_without_clock(status), id(self._history), cluster_note)
         if signature == self._signature:
             return False
         self._signature = signature
         self._status = status
-        self.border_subtitle = LEGEND if status and status.get("gpus") else ""
+        self.border_title = "Slurm cluster" if on_cluster else "Resources"
+        if on_cluster:
+            self.border_subtitle = cluster_note
+        else:
+            self.border_subtitle = LEGEND if status and status.get("gpus") else ""
         self.refresh(layout=True)
         return True
 
@@ -95,6 +107,8 @@ class ResourcesPanel(Widget):
         # given, and measuring that would keep the panel small once it had been squeezed.
         if self._status is None:
             return 1
+        if cluster.is_cluster(self._status):
+            return cluster.cluster_height(self._status.get("cluster"))
         gpus = max(1, len(self._status.get("gpus") or []))
         return (3 if width >= WIDE_MIN_WIDTH else 2) + gpus
 
@@ -102,6 +116,11 @@ class ResourcesPanel(Widget):
         width = self.content_region.width
         if self._status is None:
             return Content.assemble(("waiting for the engine…", "$text-muted"))
+        if cluster.is_cluster(self._status):
+            # The engine's machine is only a login node: its figures would mislead.
+            lines = cluster.cluster_lines(self._status.get("cluster"), width, self.content_region.height,
+                                          wide=width >= WIDE_MIN_WIDTH)
+            return Content("\n").join(lines)
         wide = width >= WIDE_MIN_WIDTH
         lines = self._host_lines_wide(width) if wide else [self._host_line(width), self._reserved_line(width)]
         gpus = self._status.get("gpus") or []
@@ -116,7 +135,7 @@ class ResourcesPanel(Widget):
         if len(shown) < len(gpus):
             hidden = len(gpus) - len(shown)
             note = f"+{hidden} more GPU{'s' if hidden > 1 else ''}: make the window taller to see them"
-            lines.append(_fit(Content.assemble((note, "$text-muted")), width))
+            lines.append(fit(Content.assemble((note, "$text-muted")), width))
         return Content("\n").join(lines)
 
     # ----------------------------------------------------------------- narrow
@@ -145,7 +164,7 @@ class ResourcesPanel(Widget):
         # Only when it fits whole: half a path is worse than none.
         if line.cell_length + METER_GAP + about.cell_length <= width:
             line = line + Content(" " * (width - line.cell_length - about.cell_length)) + about
-        return _fit(line, width)
+        return fit(line, width)
 
     def _holds_parts(self) -> list[Part]:
         reserved = self._status.get("reserved") or {}
@@ -198,15 +217,15 @@ class ResourcesPanel(Widget):
     def _row(self, width: int, label: str, name: str, used: float, held: float, figures: str, spark: str,
              tail: Content, wide: bool, label_width: int = 4, name_style: str = "$text-muted") -> Content:
         head = Content.assemble((label.ljust(label_width), "bold $text-primary"), " ",
-                                (_clip(name, NAME_WIDTH[wide]).ljust(NAME_WIDTH[wide]), name_style), " ")
+                                (clip(name, NAME_WIDTH[wide]).ljust(NAME_WIDTH[wide]), name_style), " ")
         figure_width = FIGURES_WIDTH[wide]
-        after = Content.assemble(" ", _clip(figures, figure_width).ljust(figure_width), " ",
+        after = Content.assemble(" ", clip(figures, figure_width).ljust(figure_width), " ",
                                  (spark, "$accent"), "  ")
         # Every line keeps the same room after its bar, so the bars line up.
         bar_width = min(MAX_BAR_WIDTH, width - head.cell_length - after.cell_length - HOLDERS_WIDTH[wide])
         if bar_width < MIN_BAR_WIDTH:
-            return _fit(head + after + tail, width)
-        return _fit(head + _bar(bar_width, used, held) + after + tail, width)
+            return fit(head + after + tail, width)
+        return fit(head + bar(bar_width, used, held) + after + tail, width)
 
     # ------------------------------------------------------------------- GPUs
 
@@ -217,8 +236,8 @@ class ResourcesPanel(Widget):
         if not gpu.get("available", True):
             reason = gpu.get("unavailable_reason") or "unknown reason"
             head = Content.assemble((label.ljust(label_width), "bold $text-primary"), " ",
-                                    (_clip(name, NAME_WIDTH[wide]).ljust(NAME_WIDTH[wide]), "$text-muted"), " ")
-            return _fit(head + Content.assemble((f"unavailable: {reason}", "$text-error")), width)
+                                    (clip(name, NAME_WIDTH[wide]).ljust(NAME_WIDTH[wide]), "$text-muted"), " ")
+            return fit(head + Content.assemble((f"unavailable: {reason}", "$text-error")), width)
         mem_total = gpu.get("mem_total") or 0
         mem_used = gpu.get("mem_used") or 0
         util = gpu.get("util_percent")
@@ -232,7 +251,7 @@ class ResourcesPanel(Widget):
         history = self._history.gpu_util_percent.get(index if isinstance(index, int) else -1, [])
         spark = charts.sparkline(history, SPARK_WIDTH[wide], 100.0)
         holders_width = HOLDERS_WIDTH[wide]
-        holders = _clip(fmt.holders_text(gpu.get("holders"), holders_width, fmt.foreign_users(gpu)), holders_width)
+        holders = clip(fmt.holders_text(gpu.get("holders"), holders_width, fmt.foreign_users(gpu)), holders_width)
         tail = Content.assemble((holders, "$text-muted" if holders == "idle" else "$text-accent"))
         return self._row(width, label, name, fmt.fraction(mem_used, mem_total),
                          fmt.fraction(gpu.get("mem_reserved") or 0, mem_total), figures, spark, tail, wide,
@@ -250,24 +269,6 @@ def _meter(label: str, share: float, text: str, width: int) -> Content:
     bar_width = width - len(label) - len(text) - 2
     parts: list[Part | Content] = [(label, "bold $text-primary"), " "]
     if bar_width >= MIN_BAR_WIDTH:
-        parts += [_bar(bar_width, share), " "]
+        parts += [bar(bar_width, share), " "]
     parts.append(text)
     return Content.assemble(*parts).truncate(width, ellipsis=True, pad=True)
-
-
-def _bar(width: int, used: float, reserved: float = 0.0) -> Content:
-    used_cells, reserved_cells, free_cells = fmt.bar_cells(width, used, reserved)
-    return Content.assemble(
-        ("█" * used_cells, f"${fmt.level_variable(used)}"),
-        ("▒" * reserved_cells, "$secondary"),
-        ("░" * free_cells, "$surface-lighten-3"),
-    )
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
-
-
-def _fit(content: Content, width: int) -> Content:
-    """Never wrap a line of this panel: cut it with an ellipsis instead."""
-    return content.truncate(width, ellipsis=True)

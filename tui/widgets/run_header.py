@@ -37,6 +37,9 @@ class RunHeader(Static):
             first += [separator, (f"exit {fmt.exit_text(run)}", "$text-error" if run.get("exit_code") else "")]
 
         second: list[Part] = [(fmt.envelope_text(run), "$text-accent")]
+        slurm = fmt.slurm_text(run)
+        if slurm:
+            second += [separator, slurm]
         if run.get("gpus"):
             second += [separator, f"GPUs {fmt.gpus_text(run)}"]
         if state == "running" and run.get("pid"):

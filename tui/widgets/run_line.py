@@ -47,6 +47,10 @@ class RunLine(Static):
         if reason and reason != run.get("state"):
             # The table cuts long reasons; this is the one place a waiting run's whole reason shows.
             parts += [separator, (reason, "$text-warning" if run.get("state") == "queued" else "")]
+        slurm = fmt.slurm_text(run)
+        # A pending job's reason already names it ("waiting: Slurm job 123 pending …").
+        if slurm and f"job {run.get('backend_job')}" not in reason:
+            parts += [separator, slurm]
         warning = run.get("warning")
         if warning:
             parts += [separator, (f"⚠ {warning}", "$text-warning")]
