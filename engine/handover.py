@@ -114,7 +114,8 @@ def follow(engine: Engine, handed: list[Run], now: float) -> None:
                 continue  # Slurm unreadable, or asked before the attempt: too early to tell
         if observation.state == "pending":
             why = observation.backend_reason or "queued"
-            reasons[run.id] = f"waiting: Slurm job {run.backend_job} pending ({why})"
+            # Slurm's reason first: a narrow table cuts the end, and the job id is shown beside it.
+            reasons[run.id] = f"waiting in Slurm: {why} (job {run.backend_job})"
             continue
         if observation.state == "lost":
             engine._end_attempt(run, RunState.FAILED, f"lost: {observation.detail}", retry.LOST, now,

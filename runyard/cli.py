@@ -877,9 +877,13 @@ def cmd_status(home: Home, args: argparse.Namespace) -> int:
     host, engine = status["host"], status["engine"]
     print(f"engine   {engine['mode']} pid {engine['pid']}, home {engine['home']}"
           + (", DRAINING" if engine["draining"] else ""))
-    print(f"cpu      {host['cpus']:g} cores, {host['cpu_percent']:.0f}% busy, {status['reserved']['cpus']:g} reserved")
+    # With Slurm, this machine only submits: what runs reserve is on the nodes, below.
+    local = not status.get("cluster")
+    reserved_cpus = f", {status['reserved']['cpus']:g} reserved" if local else ""
+    reserved_mem = f", {format_size(status['reserved']['mem_bytes'])} reserved" if local else ""
+    print(f"cpu      {host['cpus']:g} cores, {host['cpu_percent']:.0f}% busy{reserved_cpus}")
     print(f"memory   {format_size(host['mem_total'] - host['mem_available'])} used of "
-          f"{format_size(host['mem_total'])}, {format_size(status['reserved']['mem_bytes'])} reserved")
+          f"{format_size(host['mem_total'])}{reserved_mem}")
     print(f"disk     {format_size(host['disk_free'])} free of {format_size(host['disk_total'])}")
     if status.get("cluster"):
         _print_cluster(status["cluster"])

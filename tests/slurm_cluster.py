@@ -194,7 +194,20 @@ class LocalSlurm:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             self.client("scancel", f"--user={pwd.getpwuid(os.getuid()).pw_name}", check=False)
 
+    def _queue_drained(self) -> bool:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            out = self.client("squeue", "-h", "-o", "%T", check=False).stdout
+            return not out.strip()
+        return True
+
     def stop(self) -> None:
+        """Cancel every job and let slurmd end their steps, then stop the daemons; a step
+        that outlives them (slurmstepd keeps a job going without slurmd) is killed."""
+        if self.processes.get("slurmctld") is not None and self.processes["slurmctld"].poll() is None:
+            self.cancel_all()
+            deadline = time.monotonic() + 20
+            while not self._queue_drained() and time.monotonic() < deadline:
+                time.sleep(0.2)
         for name in ("slurmd", "slurmctld", "munged"):
             process = self.processes.get(name)
             if process is None or process.poll() is not None:
@@ -205,18 +218,31 @@ class LocalSlurm:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=20)
-        self._stop_helpers()
+        self._kill_leftover_steps()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _stop_helpers(self) -> None:
-        """slurmctld forks slurmscriptd and slurmd forks slurmstepd: those that outlived their
-        parents and name this cluster's configuration are ours to stop."""
+    def step_processes(self) -> list:
+        """This cluster's slurmstepd and slurmscriptd processes (each holds a file of its
+        folder open) and what they run."""
         import psutil
 
-        for process in psutil.process_iter(["name", "cmdline", "environ"]):
-            with contextlib.suppress(psutil.Error, OSError, TypeError):
-                if process.info["name"] not in ("slurmscriptd", "slurmstepd"):
-                    continue
-                env = process.info["environ"] or {}
-                if env.get("SLURM_CONF") == str(self.conf) or str(self.folder) in " ".join(process.info["cmdline"] or ()):
-                    process.kill()
+        found = []
+        for process in psutil.process_iter(["name"]):
+            if not (process.info["name"] or "").startswith(("slurmstepd", "slurmscriptd")):
+                continue
+            with contextlib.suppress(psutil.Error, OSError):
+                fd_dir = f"/proc/{process.pid}/fd"
+                targets = []
+                for fd in os.listdir(fd_dir):
+                    with contextlib.suppress(OSError):
+                        targets.append(os.readlink(os.path.join(fd_dir, fd)))
+                if any(target.startswith(str(self.folder)) for target in targets):
+                    found += [process, *process.children(recursive=True)]
+        return found
+
+    def _kill_leftover_steps(self) -> None:
+        import psutil
+
+        for process in self.step_processes():
+            with contextlib.suppress(psutil.Error):
+                process.kill()

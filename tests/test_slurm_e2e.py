@@ -81,9 +81,13 @@ def test_cancel_ends_a_running_job_and_withdraws_a_pending_one(slurm_yard, clust
     running = yard.submit("--cpus", str(cluster.cpus), "--grace", "2s", "--", "sleep", "300")
     pending = yard.submit("--cpus", str(cluster.cpus), "--", "sleep", "300")
     yard.wait_state(running, "running", timeout=SLOW)
-    poll_until(lambda: "pending" in yard.run(pending)["reason"], timeout=SLOW, message="Slurm's pending reason")
+    poll_until(lambda: "waiting in Slurm: " in yard.run(pending)["reason"], timeout=SLOW,
+               message="Slurm's pending reason")
     waiting = yard.run(pending)
-    assert waiting["state"] == "queued" and f"Slurm job {waiting['backend_job']} pending (" in waiting["reason"]
+    assert waiting["state"] == "queued" and waiting["reason"] in (
+        f"waiting in Slurm: Resources (job {waiting['backend_job']})",
+        f"waiting in Slurm: Priority (job {waiting['backend_job']})",
+    )
     yard.cli("cancel", str(pending))
     poll_until(lambda: cluster.job_state(waiting["backend_job"]) in (None, "CANCELLED"), timeout=SLOW,
                message="the pending job to be withdrawn from Slurm")
@@ -224,3 +228,22 @@ def test_the_fixed_format_readers_agree_with_json_on_a_real_slurm(cluster, tmp_p
     nodes_json, nodes_fixed = with_json.cluster(None)["nodes"], fixed.cluster(None)["nodes"]
     assert [(n["name"], n["cpus_total"], n["gpus_total"]) for n in nodes_json] == \
         [(n["name"], n["cpus_total"], n["gpus_total"]) for n in nodes_fixed]
+
+
+def test_the_test_cluster_stops_with_its_jobs_and_leaves_no_process(tmp_path):
+    import psutil
+
+    slurm = LocalSlurm().start()
+    try:
+        job = slurm.client("sbatch", "--parsable", "-o", str(tmp_path / "out"), "--wrap", "sleep 300").stdout.strip()
+        poll_until(lambda: slurm.job_state(job) == "RUNNING", timeout=SLOW, message="the job to run")
+        daemons = [process.pid for process in slurm.processes.values()]
+        job_processes = poll_until(
+            lambda: [p for p in slurm.step_processes() if p.name() == "sleep"] and slurm.step_processes(),
+            timeout=SLOW, message="the job's slurmstepd and command")
+    finally:
+        slurm.stop()
+    gone, alive = psutil.wait_procs(job_processes, timeout=10)
+    assert alive == []
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in daemons)
+    assert not slurm.folder.exists()

@@ -297,7 +297,7 @@ def test_a_run_is_handed_over_followed_while_pending_and_running_and_ends_with_i
     assert env["RUNYARD_RUN_ID"] == str(run_id)
     clock.now += 1
     engine.tick()
-    assert engine.store.get(run_id).reason == "waiting: Slurm job 101 pending (Priority)"
+    assert engine.store.get(run_id).reason == "waiting in Slurm: Priority (job 101)"
     slurm.move("101", "RUNNING", node="node3", started_at=clock.now - 0.5)
     clock.now += 1
     engine.tick()
@@ -456,7 +456,7 @@ def test_a_job_slurm_requeues_comes_back_as_a_new_attempt_of_the_same_job(cluste
     run = engine.store.get(run_id)
     assert run.state is RunState.QUEUED and run.attempt == 2 and run.backend_job == "101"
     assert engine.store.attempts(run_id)[0]["reason"] == "requeued by Slurm (BeginTime)"
-    assert run.reason == "waiting: Slurm job 101 pending (BeginTime)"
+    assert run.reason == "waiting in Slurm: BeginTime (job 101)"
     slurm.move("101", "RUNNING", node="n2", started_at=clock.now)
     clock.now += 1
     engine.tick()

@@ -99,7 +99,7 @@ def slurm_runs() -> list[dict[str, Any]]:
         if run["id"] in placed:
             run.update(backend_job=placed[run["id"]][0], node=placed[run["id"]][1], gpus=[])
     pending = next(run for run in runs if run["id"] == 8)
-    pending.update(backend_job="4220", reason="waiting: Slurm job 4220 pending (Resources)")
+    pending.update(backend_job="4220", reason="waiting in Slurm: Resources (job 4220)")
     return runs
 
 

@@ -48,7 +48,7 @@ class RunLine(Static):
             # The table cuts long reasons; this is the one place a waiting run's whole reason shows.
             parts += [separator, (reason, "$text-warning" if run.get("state") == "queued" else "")]
         slurm = fmt.slurm_text(run)
-        # A pending job's reason already names it ("waiting: Slurm job 123 pending …").
+        # A pending job's reason already names it ("waiting in Slurm: Resources (job 123)").
         if slurm and f"job {run.get('backend_job')}" not in reason:
             parts += [separator, slurm]
         warning = run.get("warning")
