@@ -2,12 +2,12 @@
 
 * task-spooler (``tsp``), two slots, its own socket and output folder, so a user's own
   tsp queue is never touched.
-* Slurm as a one-node cluster on localhost: munged, slurmctld and slurmd started here in
-  the foreground (so their pids are ours), with a generated ``slurm.conf`` whose state,
-  spool, logs and ports are private to the run. ``select/cons_tres`` with
-  ``DefMemPerCPU=1000`` (without it every job asks for the whole node's memory and jobs
-  run one at a time), ``proctrack/linuxproc`` and ``task/none`` (no cgroups: a container
-  rarely grants them, and runyard is measured without them too).
+* Slurm as a one-node cluster on localhost, the one the tests use (``tests/slurm_cluster.py``):
+  munged, slurmctld and slurmd started here in the foreground (so their pids are ours),
+  with a generated ``slurm.conf`` whose state, spool, logs and ports are private to the run.
+  ``select/cons_tres`` with ``DefMemPerCPU`` (without it every job asks for the whole node's
+  memory and jobs run one at a time), ``proctrack/linuxproc`` and ``task/none`` (no
+  cgroups: a container rarely grants them, and runyard is measured without them too).
 
 Both come from Debian's packages; :func:`ensure_installed` installs what is missing.
 """
@@ -17,10 +17,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
+import sys
 
-from benchmarks.common import scratch_dir, stop_process, tagged_env, tagged_pids, wait_for
+from benchmarks.common import ROOT, scratch_dir, tagged_env, tagged_pids, wait_for
+
+sys.path.insert(0, str(ROOT / "tests"))
+from slurm_cluster import ClusterUnavailable, LocalSlurm, installed  # noqa: E402
 
 PACKAGES = {"tsp": "task-spooler", "slurmctld": "slurm-wlm", "munged": "munge"}
 SBIN = ("/usr/sbin", "/usr/bin", "/sbin")
@@ -137,148 +140,36 @@ def _has_unix_socket(pid: int, fds: list[str], socket_path: str) -> bool:
 # ------------------------------------------------------------------ Slurm
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _node_memory_mb() -> int:
-    total_kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1])
-    # slurmd refuses to register a node with more memory than it finds: leave it a margin.
-    return int(total_kb / 1024 * 0.9)
-
-
-SLURM_CONF = """\
-ClusterName=rybench
-SlurmctldHost=localhost
-SlurmUser=root
-SlurmdUser=root
-SlurmctldPort={ctld_port}
-SlurmdPort={d_port}
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket={munge_socket}
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1000
-ReturnToService=2
-StateSaveLocation={folder}/state
-SlurmdSpoolDir={folder}/spool
-SlurmctldPidFile={folder}/slurmctld.pid
-SlurmdPidFile={folder}/slurmd.pid
-SlurmctldLogFile={folder}/slurmctld.log
-SlurmdLogFile={folder}/slurmd.log
-SlurmctldDebug=info
-SlurmdDebug=info
-PlugStackConfig={folder}/plugstack.conf
-{extra}
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
-PartitionName=bench Nodes=localhost Default=YES MaxTime=INFINITE State=UP
-"""
-
-
-class Slurm:
-    """A one-node Slurm cluster on localhost, private to this benchmark run."""
+class Slurm(LocalSlurm):
+    """The tests' one-node cluster (``tests/slurm_cluster.py``), private to this benchmark
+    run: its folder is a scratch folder and its processes carry the run's tag, so cleanup
+    by tag finds them. Stock Slurm unless ``tuned``."""
 
     def __init__(self, *, tuned: bool = False) -> None:
-        for program in ("munged", "slurmctld", "slurmd", "sbatch"):
-            if _which(program) is None:
-                raise PeerUnavailable(f"{program} is not installed")
-        self.folder = scratch_dir("slurm")
-        self.tuned = tuned
-        self.munge_socket = self.folder / "munge" / "munge.socket"
-        self.conf = self.folder / "slurm.conf"
-        self.env = tagged_env(SLURM_CONF=str(self.conf))
-        self.processes: dict[str, subprocess.Popen] = {}
+        if not installed():
+            raise PeerUnavailable("Slurm is not installed")
+        super().__init__(tuned=tuned, folder=scratch_dir("slurm"), base_env=tagged_env())
 
-    def _write_files(self) -> None:
-        munge = self.folder / "munge"
-        munge.mkdir(mode=0o700)
-        key = munge / "munge.key"
-        key.write_bytes(os.urandom(1024))
-        key.chmod(0o400)
-        for name in ("state", "spool"):
-            (self.folder / name).mkdir(mode=0o755)
-        (self.folder / "plugstack.conf").write_text("")
-        extra = "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0" if self.tuned else ""
-        self.conf.write_text(SLURM_CONF.format(
-            ctld_port=_free_port(), d_port=_free_port(), munge_socket=self.munge_socket, folder=self.folder,
-            cpus=os.cpu_count() or 1, mem_mb=_node_memory_mb(), extra=extra,
-        ))
-
-    def _spawn(self, name: str, command: list[str]) -> None:
-        log = open(self.folder / f"{name}.out", "ab")
-        self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-
-    def _alive(self, name: str) -> bool:
-        process = self.processes[name]
-        if process.poll() is not None:
-            tail = (self.folder / f"{name}.out").read_text(errors="replace")[-600:]
-            raise PeerUnavailable(f"{name} exited with {process.returncode}: {tail.strip()}")
-        return True
+    @property
+    def env(self) -> dict[str, str]:
+        """The whole environment for ``sbatch`` and friends (the tests' ``env`` is only what to add)."""
+        return {**self.base_env, "SLURM_CONF": str(self.conf)}
 
     def start(self) -> Slurm:
-        self._write_files()
-        munge = self.folder / "munge"
-        self._spawn("munged", [
-            _which("munged"), "--foreground", "--force", f"--socket={self.munge_socket}",
-            f"--key-file={munge / 'munge.key'}", f"--pid-file={munge / 'munged.pid'}",
-            f"--log-file={munge / 'munged.log'}", f"--seed-file={munge / 'munged.seed'}",
-        ])
-        wait_for(lambda: self._alive("munged") and self.munge_socket.exists(), 20, "munged's socket")
-        self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)])
-        self._spawn("slurmd", [_which("slurmd"), "-D", "-N", "localhost", "-f", str(self.conf)])
-        wait_for(self._node_idle, 60, "the Slurm node to be idle", interval=0.2)
+        try:
+            super().start()
+        except ClusterUnavailable as error:
+            raise PeerUnavailable(str(error)) from None
         return self
-
-    def _node_idle(self) -> bool:
-        self._alive("slurmctld")
-        self._alive("slurmd")
-        result = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True)
-        return result.returncode == 0 and result.stdout.strip() == "idle"
-
-    def daemon_pids(self) -> list[int]:
-        return [process.pid for process in self.processes.values() if process.poll() is None]
-
-    def queue_size(self) -> int:
-        result = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True,
-                                check=True)
-        return len(result.stdout.split())
 
     def sbatch(self, wrap: str, output: str = "/dev/null") -> list[str]:
         return ["sbatch", "--parsable", "-o", output, "--wrap", wrap]
-
-    def stop(self) -> None:
-        for name in ("slurmd", "slurmctld", "munged"):
-            process = self.processes.get(name)
-            if process is not None:
-                stop_process(process, timeout=15)
 
     def kill_all(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=15)
-
-    def __enter__(self) -> Slurm:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def slurm_settle(slurm: Slurm, timeout: float = 120.0) -> None:

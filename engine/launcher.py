@@ -2,8 +2,9 @@
 
 The queue, the policy and the CLI only see :class:`Launcher`: start a run, observe it,
 signal it, wait for it. :class:`LocalLauncher` runs each command under the supervisor
-shim (:mod:`engine.shim`) on this machine; a cluster backend can implement the same
-four calls later.
+shim (:mod:`engine.shim`) on this machine; a cluster backend whose scheduler decides
+where runs go (:class:`engine.slurm.launcher.SlurmLauncher`) adds the calls of
+:class:`SchedulingBackend`.
 
 Process identity: a pid alone names a process only until it is reused (pid_max may be
 32768), so every pid is checked against the creation time recorded with it.
@@ -135,6 +136,40 @@ class Launcher(Protocol):
         """A file descriptor that becomes readable when the run ends, for an event loop's
         ``add_reader``; the caller closes it. ``None`` when the launcher cannot provide one
         or nothing of the run is alive (observe it instead)."""
+        ...
+
+
+class SchedulingBackend(Launcher, Protocol):
+    """A launcher whose cluster decides when and where runs start (Slurm): the engine hands
+    runs over instead of admitting them (:mod:`engine.handover`). ``observe`` may then
+    answer ``pending``, with the cluster's reason, and carries its job, node and start."""
+
+    schedules_itself: bool  # True
+
+    def hand_over(self, run: Run, env: Mapping[str, str]) -> tuple[str, list[str]]:
+        """Submit the run; returns its job id and what the cluster could not be told exactly.
+
+        Raises:
+            LaunchError: refused (the run fails); a subclass marks an unreachable cluster.
+        """
+        ...
+
+    def withdraw(self, run: Run) -> None:
+        """Take a handed-over run's job back (cancel, hold)."""
+        ...
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Ask the cluster about every job at once, at most once per poll interval."""
+        ...
+
+    def refusal(self, envelope, retry, cwd: str) -> str | None:
+        """Why no node could ever run such a run, or ``None``."""
+        ...
+
+    def expected_start(self, envelope, retry, cwd: str) -> str | None: ...
+
+    def cluster(self) -> dict:
+        """Partitions and nodes, for ``status``."""
         ...
 
 
@@ -323,7 +358,7 @@ class LocalLauncher(Launcher):
 
     def _record(self, run: Run, name: str) -> dict | None:
         """One of the shim's records of ``run`` (``shim.json`` or ``exit.json``)."""
-        return _read_json(self.run_dir(run) / name)
+        return read_record(self.run_dir(run) / name)
 
     def _make_group(self, run: Run, log_fd: int) -> Path | None:
         """The run's memory cgroup, or ``None`` (no cgroups here, ``--mem 0``, or making
@@ -465,7 +500,7 @@ def _cores(started: dict | None) -> tuple[int, ...] | None:
     return tuple(cores) if cores else None
 
 
-def _read_json(path: Path) -> dict | None:
+def read_record(path: Path) -> dict | None:
     """A record the shim wrote, or ``None`` if absent or unreadable (treated alike:
     the shim writes atomically, so a damaged file means the record was never completed)."""
     try:

@@ -43,7 +43,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+{scheduler}
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=100
@@ -91,11 +91,24 @@ def _node_memory_mb() -> int:
     return int(total_kb / 1024 * 0.9)
 
 
-class LocalSlurm:
-    """Start with :meth:`start`, stop with :meth:`stop` (by the pids it started)."""
+TUNED = "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0"
+"""Schedule right after each submit rather than on Slurm's stock timers: tests wait less."""
 
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="runyard-slurm-"))
+
+class LocalSlurm:
+    """Start with :meth:`start` (or ``with``), stop with :meth:`stop` (by the pids it started).
+
+    Args:
+        tuned: schedule at once after each submit (:data:`TUNED`); ``False`` is stock Slurm.
+        folder: where its files go (default: a new temporary folder); removed at :meth:`stop`.
+        base_env: the environment its daemons and clients start from (default: this process's).
+    """
+
+    def __init__(self, *, tuned: bool = True, folder: Path | None = None,
+                 base_env: dict[str, str] | None = None) -> None:
+        self.tuned = tuned
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="runyard-slurm-"))
         self.conf = self.folder / "slurm.conf"
         self.munge_socket = self.folder / "munge" / "munge.socket"
         self.processes: dict[str, subprocess.Popen] = {}
@@ -122,13 +135,13 @@ class LocalSlurm:
         (self.folder / "gres.conf").write_text(GRES_CONF.format(folder=self.folder, last=NODE_GPUS - 1))
         self.conf.write_text(CONF.format(
             ctld_port=_free_port(), d_port=_free_port(), munge_socket=self.munge_socket, folder=self.folder,
-            cpus=self.cpus, mem_mb=self.mem_mb, gpus=NODE_GPUS,
+            cpus=self.cpus, mem_mb=self.mem_mb, gpus=NODE_GPUS, scheduler=TUNED if self.tuned else "",
         ))
 
     def _spawn(self, name: str, command: list[str]) -> None:
         with open(self.folder / f"{name}.out", "ab") as log:
             self.processes[name] = subprocess.Popen(
-                command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+                command, env={**self.base_env, "SLURM_CONF": str(self.conf)}, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
 
@@ -177,8 +190,21 @@ class LocalSlurm:
 
     def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
-            list(args), env={**os.environ, **self.env}, capture_output=True, text=True, check=check, timeout=60,
+            list(args), env={**self.base_env, "SLURM_CONF": str(self.conf)}, capture_output=True, text=True, check=check, timeout=60,
         )
+
+    def __enter__(self) -> LocalSlurm:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def daemon_pids(self) -> list[int]:
+        return [process.pid for process in self.processes.values() if process.poll() is None]
+
+    def queue_size(self) -> int:
+        """Jobs pending or running."""
+        return len(self.client("squeue", "-h", "-o", "%i").stdout.split())
 
     def job_ids(self) -> list[int]:
         """Jobs Slurm still lists (any state), oldest first."""

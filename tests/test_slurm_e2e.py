@@ -225,6 +225,8 @@ def test_the_fixed_format_readers_agree_with_json_on_a_real_slurm(cluster, tmp_p
     a, b = with_json.queue()[job], fixed.queue()[job]
     assert (a.state, a.node, a.started_at, a.ended_at) == (b.state, b.node, b.started_at, b.ended_at)
     assert a.exit_code == 2 and b.exit_code is None  # the fixed format has none: exit.json tells
+    # This cluster keeps no accounts: sacct says so once and is not asked again.
+    assert with_json.accounted(job) is None and with_json.accounting is False
     nodes_json, nodes_fixed = with_json.cluster(None)["nodes"], fixed.cluster(None)["nodes"]
     assert [(n["name"], n["cpus_total"], n["gpus_total"]) for n in nodes_json] == \
         [(n["name"], n["cpus_total"], n["gpus_total"]) for n in nodes_fixed]

@@ -117,6 +117,23 @@ def test_the_fixed_format_reads_names_that_hold_the_separator():
     assert read["13"].reason == "Priority" and read["13"].phase == "pending"
 
 
+def test_sacct_rows_give_exit_codes_and_signals():
+    rows = ("41|runyard-3.1-t|FAILED|7:0|2026-12-03T07:00:59|2026-12-03T07:01:09|node4\n"
+            "42|x|CANCELLED by 0|0:9|2026-12-03T07:00:59|2026-12-03T07:01:09|node4\n"
+            "43|y|PENDING|0:0|Unknown|Unknown|None assigned\n")
+    read = jobs.jobs_from_sacct(rows)
+    assert read["41"].exit_code == 7 and read["41"].node == "node4" and read["41"].phase == "ended"
+    assert read["42"].state == "CANCELLED" and read["42"].exit_code == -9 and read["42"].ended_by == "cancelled"
+    assert read["43"].node is None and read["43"].exit_code is None and read["43"].started_at is None
+
+
+def test_without_accounting_sacct_is_asked_once():
+    answers = Answers({"sacct": (1, "", "Slurm accounting storage is disabled\n")})
+    tools = SlurmTools({}, runner=answers)
+    assert tools.accounted("5") is None and tools.accounted("6") is None
+    assert len(answers.calls) == 1
+
+
 def test_the_line_worth_showing_of_slurms_errors():
     submitted = ("sbatch: error: Memory specification can not be satisfied\n"
                  "sbatch: error: Batch job submission failed: Requested node configuration is not available\n")
@@ -215,6 +232,8 @@ class FakeSlurm:
         self.refuse: str | None = None
         self.down: bool = False
         self.hidden: set[str] = set()
+        self.accounts: dict[str, jobs.Job] = {}
+        """What sacct would say of jobs squeue has forgotten."""
         self.next_id = 100
 
     def submit(self, options, script, args, env):
@@ -239,6 +258,9 @@ class FakeSlurm:
         if self.down:
             raise SlurmError("squeue: Unable to contact slurm controller")
         return {job_id: job for job_id, job in self.jobs.items() if job_id not in self.hidden}
+
+    def accounted(self, job_id):
+        return self.accounts.get(job_id)
 
     def signal(self, job_id, signame):
         self.signals.append((job_id, signame))
@@ -275,6 +297,15 @@ def queue_run(engine, tmp_path, **request):
             "envelope": {"mem_bytes": G}}
     base.update(request)
     return engine.submit(base, uid=None, user=None).id
+
+
+def start_first_job(cluster_rig) -> None:
+    """Hand the queued runs over and have Slurm start the first job (101) on node n1."""
+    engine, slurm, clock = cluster_rig
+    engine.tick()
+    slurm.move("101", "RUNNING", node="n1", started_at=clock.now)
+    clock.now += 1
+    engine.tick()
 
 
 def write_exit(engine, run_id, exit_code, signal_name=None):
@@ -332,10 +363,7 @@ def test_an_interrupted_hand_over_adopts_the_job_slurm_got_and_resubmits_only_wh
 def test_nothing_is_concluded_while_slurm_cannot_be_reached(cluster_rig, tmp_path):
     engine, slurm, clock = cluster_rig
     running = queue_run(engine, tmp_path)
-    engine.tick()
-    slurm.move("101", "RUNNING", node="n1", started_at=clock.now)
-    clock.now += 1
-    engine.tick()
+    start_first_job(cluster_rig)
     slurm.down = True
     slurm.jobs.clear()  # what a wrong conclusion would read as "vanished"
     fresh = queue_run(engine, tmp_path)
@@ -379,15 +407,26 @@ def test_a_hand_over_that_timed_out_is_adopted_when_slurm_got_it_after_all(clust
 def test_a_job_slurm_forgot_without_an_exit_record_is_lost(cluster_rig, tmp_path):
     engine, slurm, clock = cluster_rig
     run_id = queue_run(engine, tmp_path)
-    engine.tick()
-    slurm.move("101", "RUNNING", node="n1", started_at=clock.now)
-    clock.now += 1
-    engine.tick()
+    start_first_job(cluster_rig)
     del slurm.jobs["101"]
     clock.now += 1
     engine.tick()
     run = engine.store.get(run_id)
     assert run.state is RunState.FAILED and run.reason == "lost: Slurm no longer knows job 101 and it left no exit record"
+
+
+def test_a_job_squeue_forgot_is_read_from_slurms_accounting(cluster_rig, tmp_path):
+    engine, slurm, clock = cluster_rig
+    run_id = queue_run(engine, tmp_path)
+    start_first_job(cluster_rig)
+    # The shim was killed (no exit record) and the daemon was away past MinJobAge.
+    del slurm.jobs["101"]
+    slurm.accounts["101"] = jobs.Job("101", "x", "FAILED", node="n1", started_at=clock.now - 1,
+                                     ended_at=clock.now, exit_code=7)
+    clock.now += 1
+    engine.tick()
+    run = engine.store.get(run_id)
+    assert run.state is RunState.FAILED and run.exit_code == 7 and run.reason == "exit code 7"
 
 
 def test_a_refusal_at_hand_over_fails_the_run_with_slurms_reason(cluster_rig, tmp_path):
@@ -424,10 +463,7 @@ def test_slurms_end_states_become_runyards(cluster_rig, tmp_path, state, retries
     run_id = queue_run(engine, tmp_path, envelope={"mem_bytes": G, "time_limit_s": 60},
                        retry={"requeue": True, "retries": retries, "backoff_min_s": 0, "backoff_max_s": 0},
                        checkpoint_dir=str(checkpoint_dir))
-    engine.tick()
-    slurm.move("101", "RUNNING", node="n1", started_at=clock.now)
-    clock.now += 1
-    engine.tick()
+    start_first_job(cluster_rig)
     slurm.move("101", state, node="n1", exit_code=-15, ended_at=clock.now)
     clock.now += 1
     engine.tick()
@@ -446,10 +482,7 @@ def test_slurms_end_states_become_runyards(cluster_rig, tmp_path, state, retries
 def test_a_job_slurm_requeues_comes_back_as_a_new_attempt_of_the_same_job(cluster_rig, tmp_path):
     engine, slurm, clock = cluster_rig
     run_id = queue_run(engine, tmp_path)
-    engine.tick()
-    slurm.move("101", "RUNNING", node="n1", started_at=clock.now)
-    clock.now += 1
-    engine.tick()
+    start_first_job(cluster_rig)
     slurm.move("101", "PENDING", reason="BeginTime", restarts=1)
     clock.now += 1
     engine.tick()
@@ -467,10 +500,7 @@ def test_stops_reach_the_job_script_and_cancel_withdraws_a_pending_job(cluster_r
     engine, slurm, clock = cluster_rig
     running = queue_run(engine, tmp_path, grace_s=5)
     pending = queue_run(engine, tmp_path)
-    engine.tick()
-    slurm.move("101", "RUNNING", node="n1", started_at=clock.now)
-    clock.now += 1
-    engine.tick()
+    start_first_job(cluster_rig)
     engine.cancel(pending)
     assert slurm.cancelled == ["102"] and engine.store.get(pending).state is RunState.CANCELLED
     engine.cancel(running)

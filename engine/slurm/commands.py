@@ -42,6 +42,8 @@ class SlurmTools:
         self.timeout_s = timeout_s
         self.runner = runner
         self.user = pwd.getpwuid(os.getuid()).pw_name
+        self.accounting = True
+        """Whether sacct may know jobs squeue has forgotten; off once Slurm says it keeps no accounts."""
 
     def _run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
         try:
@@ -117,6 +119,18 @@ class SlurmTools:
             self.json = False
         out = self._checked(["squeue", "-h", "-t", "all", f"--user={self.user}", "-o", jobs.SQUEUE_FORMAT])
         return jobs.jobs_from_table(out)
+
+    def accounted(self, job_id: str) -> jobs.Job | None:
+        """What Slurm's accounting (``sacct``) recorded of a job ``squeue`` no longer lists;
+        ``None`` without accounting or without such a job."""
+        if not self.accounting:
+            return None
+        result = self._run(["sacct", "-X", "-n", "-P", "-o", jobs.SACCT_FIELDS, "-j", job_id])
+        if "accounting storage is disabled" in result.stderr.lower():
+            self.accounting = False
+        if result.returncode != 0:
+            return None
+        return jobs.jobs_from_sacct(result.stdout).get(job_id)
 
     def signal(self, job_id: str, signame: str) -> bool:
         """Send ``signame`` (``TERM``, ``USR1``) to the job's script, the shim, which passes

@@ -179,6 +179,30 @@ def jobs_from_table(text: str) -> dict[str, Job]:
     return jobs
 
 
+SACCT_FIELDS = "JobID,JobName,State,ExitCode,Start,End,NodeList"
+"""``sacct -X -n -P -o SACCT_FIELDS``: a format Slurm has kept for many releases."""
+
+
+def jobs_from_sacct(text: str) -> dict[str, Job]:
+    """``sacct -X -n -P -o SACCT_FIELDS`` as ``job id -> Job``; ``ExitCode`` is ``code:signal``."""
+    jobs = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 7:
+            continue
+        job_id, name = fields[0], "|".join(fields[1:-5])
+        state, exit_code, start, end, node = fields[-5:]
+        code, _, sig = exit_code.partition(":")
+        number = -int(sig) if sig.isdigit() and int(sig) else (int(code) if code.isdigit() else None)
+        state = _state(state)
+        jobs[job_id] = Job(
+            job_id=job_id, name=name, state=state, node=None if node in ("", "None assigned") else node,
+            started_at=_parse_clock(start), ended_at=_parse_clock(end),
+            exit_code=number if state not in PENDING_STATES | RUNNING_STATES else None,
+        )
+    return jobs
+
+
 def first_error_line(stderr: str, fallback: str) -> str:
     """The line of a Slurm tool's error output worth showing, without its ``sbatch: error:`` prefix."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]

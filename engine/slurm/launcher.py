@@ -22,7 +22,7 @@ from typing import Any
 
 from engine import cgroups, shim
 from engine.envelope import Envelope
-from engine.launcher import SHIM_PATH, LaunchError, Observation
+from engine.launcher import SHIM_PATH, LaunchError, Observation, read_record
 from engine.model import SUBMITTING, Run
 from engine.retry import RetryPolicy
 from engine.slurm import mapping
@@ -192,24 +192,26 @@ class SlurmLauncher:
     def observe(self, run: Run) -> Observation:
         if self._asked_at is None:
             self.refresh(force=True)
-        run_dir = self.run_dir(run)
-        ended = _read_json(run_dir / shim.EXIT_FILE)
+        ended = read_record(self.run_dir(run) / shim.EXIT_FILE)
         job = self.find(run)
         if job is None and ended is not None and self._too_new(run):
             self.refresh(force=True)  # it ended between two polls: ask once more, for its node and state
             job = self.find(run)
-        facts: dict[str, Any] = {"job_id": job.job_id if job else None}
+        if job is None and ended is None and self.error is None and not self._too_new(run):
+            # squeue forgets a job minutes after it ends; accounting, where a site keeps it, does not.
+            job = self._accounted(run.backend_job)
+        facts: dict[str, Any] = {}
         if job is not None:
-            facts.update(node=job.node, started_at=job.started_at, backend_reason=job.reason)
+            facts = dict(job_id=job.job_id, node=job.node, started_at=job.started_at, backend_reason=job.reason)
         if ended is not None and (job is None or job.phase != "pending"):
             return Observation(
                 "exited", exit_code=ended.get("exit_code"), signal=ended.get("signal"),
                 ended_at=ended.get("ended_at"), ended_by=job.ended_by if job else None, **facts,
             )
-        if self.error is not None or job is None and self._too_new(run):
+        if job is None and (self.error is not None or self._too_new(run)):
             # Slurm unreadable, or the job is newer than the last answer: nothing changed.
             state = "running" if run.started_at is not None else "pending"
-            return Observation(state, detail=self.error or "just handed to Slurm", **facts)
+            return Observation(state, detail=self.error or "just handed to Slurm")
         if job is None:
             return Observation("lost", detail=VANISHED.format(job=run.backend_job))
         if job.phase == "pending":
@@ -220,6 +222,14 @@ class SlurmLauncher:
             "exited", exit_code=job.exit_code, signal=job.signal, ended_at=job.ended_at, ended_by=job.ended_by,
             detail=f"Slurm: {job.state}", **facts,
         )
+
+    def _accounted(self, job_id: str | None) -> Job | None:
+        if not job_id or job_id == SUBMITTING:
+            return None
+        try:
+            return self.tools.accounted(job_id)
+        except SlurmError:
+            return None
 
     def _too_new(self, run: Run) -> bool:
         key = _submitting_key(run) if run.backend_job == SUBMITTING else run.backend_job or ""
@@ -255,14 +265,3 @@ class SlurmLauncher:
 
 def _submitting_key(run: Run) -> str:
     return f"run {run.id} attempt {run.attempt}"
-
-
-def _read_json(path: Path) -> dict | None:
-    import json
-
-    try:
-        with open(path, "rb") as file:
-            data = json.load(file)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
