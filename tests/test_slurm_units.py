@@ -232,6 +232,7 @@ class FakeSlurm:
         self.refuse: str | None = None
         self.down: bool = False
         self.hidden: set[str] = set()
+        self.refusal_checks = 0
         self.accounts: dict[str, jobs.Job] = {}
         """What sacct would say of jobs squeue has forgotten."""
         self.next_id = 100
@@ -249,6 +250,7 @@ class FakeSlurm:
         return job_id
 
     def refusal(self, options, script):
+        self.refusal_checks += 1
         return self.refuse
 
     def expected_start(self, options, script):
@@ -427,6 +429,17 @@ def test_a_job_squeue_forgot_is_read_from_slurms_accounting(cluster_rig, tmp_pat
     engine.tick()
     run = engine.store.get(run_id)
     assert run.state is RunState.FAILED and run.exit_code == 7 and run.reason == "exit code 7"
+
+
+def test_a_sweep_asks_slurm_once_whether_its_runs_could_ever_run(cluster_rig, tmp_path):
+    engine, slurm, clock = cluster_rig
+    base = {"argv": [sys.executable, "train.py"], "cwd": str(tmp_path), "env": {"PATH": os.environ["PATH"]},
+            "envelope": {"mem_bytes": G, "gpus": 1}}
+    runs = engine.submit_many([{**base, "argv": [sys.executable, "train.py", f"--lr={lr}"]} for lr in range(20)],
+                              uid=None, user=None)
+    assert len(runs) == 20 and slurm.refusal_checks == 1
+    queue_run(engine, tmp_path, envelope={"mem_bytes": 2 * G})
+    assert slurm.refusal_checks == 2  # another envelope is another question
 
 
 def test_a_refusal_at_hand_over_fails_the_run_with_slurms_reason(cluster_rig, tmp_path):

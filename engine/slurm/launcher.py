@@ -32,6 +32,7 @@ from engine.slurm.jobs import Job
 FORWARDED = "TERM,INT,HUP,USR1,USR2"
 POLL_INTERVAL_S = 2.0
 CLUSTER_TTL_S = 5.0
+REFUSAL_TTL_S = 30.0
 VANISHED = "Slurm no longer knows job {job} and it left no exit record"
 UNREACHABLE_HINTS = (
     "did not answer", "not installed", "cannot run", "unable to contact", "timed out", "connection refused",
@@ -75,6 +76,7 @@ class SlurmLauncher:
         """Why the last poll failed; while set, nothing is concluded about any job."""
         self._handed_at: dict[str, float] = {}
         self._cluster: dict[str, Any] | None = None
+        self._refusals: dict[tuple[str, ...], tuple[float, str | None]] = {}
         self._cluster_asked_at = 0.0
 
     def _write_script(self) -> Path:
@@ -105,12 +107,22 @@ class SlurmLauncher:
                                       partition=self.partition, gpu_types=self.gpu_types)
 
     def refusal(self, envelope: Envelope, retry: RetryPolicy, cwd: str) -> str | None:
-        """Why Slurm would never run such a run (no node could ever hold it), or ``None``."""
+        """Why Slurm would never run such a run (no node could ever hold it), or ``None``.
+
+        A sweep's runs mostly ask alike: one answer serves the same options for a while."""
         request = self._request(envelope, retry, "runyard-check", "/dev/null", cwd)
+        key, now = tuple(request.options), self.clock()
+        known = self._refusals.get(key)
+        if known is not None and now - known[0] < REFUSAL_TTL_S:
+            return known[1]
         try:
-            return self.tools.refusal(request.options, str(self.script))
+            answer = self.tools.refusal(request.options, str(self.script))
         except SlurmError:
             return None  # unreachable now is not "never": the run waits for Slurm instead
+        if len(self._refusals) > 256:
+            self._refusals.clear()
+        self._refusals[key] = (now, answer)
+        return answer
 
     def expected_start(self, envelope: Envelope, retry: RetryPolicy, cwd: str) -> str | None:
         request = self._request(envelope, retry, "runyard-check", "/dev/null", cwd)
