@@ -964,9 +964,8 @@ class Engine:
         if problem:
             return {"verdict": "refused", "reason": problem, "envelope": spec.envelope.to_dict(), "describe": spec.envelope.describe()}
         if self.schedules_itself:
-            expected = self.launcher.expected_start(spec.envelope, spec.retry, spec.cwd)
-            reason = f"handed to Slurm at once; Slurm expects it to start {expected}" if expected else "handed to Slurm at once"
-            return {"verdict": "starts" if expected is None else "waits", "reason": reason,
+            verdict, reason = handover.preview(self, spec)
+            return {"verdict": verdict, "reason": reason,
                     "envelope": spec.envelope.to_dict(), "describe": spec.envelope.describe()}
         candidate_id = -1
         queued = [

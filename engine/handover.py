@@ -18,6 +18,7 @@ the cluster never got it; a run is never submitted twice.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from engine import checkpoints, retry
@@ -154,6 +155,22 @@ def requeued_by_backend(engine: Engine, run: Run, observation: Observation, now:
         run, RunState.QUEUED, f"waiting: Slurm job {run.backend_job} requeued by Slurm ({why})",
         now=now, record=record, failure_class=retry.LOST, **fields,
     )
+
+
+STARTS_NOW_S = 5.0
+"""Slurm estimates in whole seconds, and a submit takes one scheduling pass."""
+
+
+def preview(engine: Engine, spec) -> tuple[str, str]:
+    """``submit --preview`` on Slurm: its own estimate (``sbatch --test-only``)."""
+    expected = engine.launcher.expected_start(spec.envelope, spec.retry, spec.cwd)
+    if expected is None:
+        return "waits", "handed to Slurm at once; Slurm gave no estimate of its start"
+    at, nodes = expected
+    if at <= engine.clock() + STARTS_NOW_S:
+        return "starts", f"Slurm would start it now on {nodes}"
+    when = time.strftime("%H:%M:%S", time.localtime(at))
+    return "waits", f"handed to Slurm at once; Slurm expects to start it at {when} on {nodes}"
 
 
 def withdraw(engine: Engine, run: Run) -> None:

@@ -210,6 +210,15 @@ def test_status_shows_the_clusters_partitions_and_nodes(slurm_yard, cluster):
     assert [p["name"] for p in view["partitions"]] == ["debug"]
     node = view["nodes"][0]
     assert node["name"] == "localhost" and node["cpus_total"] == cluster.cpus and node["gpus_total"] == 2
+    from engine.client import Client
+
+    client = Client(yard.home / "runyard.sock", timeout_s=30)
+    request = {"argv": ["true"], "cwd": str(yard.home), "env": {}, "envelope": {"mem_bytes": 1 << 28}}
+    assert client.call("preview", **request) == {
+        "verdict": "starts", "reason": "Slurm would start it now on localhost",
+        "envelope": client.call("preview", **request)["envelope"], "describe": "1 CPU, 256M"}
+    refused = client.call("preview", **{**request, "envelope": {"mem_bytes": 1 << 50}})
+    assert refused["verdict"] == "refused" and "Requested node configuration is not available" in refused["reason"]
     text = yard.cli("status").stdout
     assert "slurm    partition debug" in text and f"  localhost: idle, CPUs 0/{cluster.cpus}" in text
     assert "GPUs 0/2" in text

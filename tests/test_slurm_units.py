@@ -233,6 +233,7 @@ class FakeSlurm:
         self.down: bool = False
         self.hidden: set[str] = set()
         self.refusal_checks = 0
+        self.estimate: tuple[float, str] | None = None
         self.accounts: dict[str, jobs.Job] = {}
         """What sacct would say of jobs squeue has forgotten."""
         self.next_id = 100
@@ -254,7 +255,7 @@ class FakeSlurm:
         return self.refuse
 
     def expected_start(self, options, script):
-        return None
+        return self.estimate
 
     def queue(self):
         if self.down:
@@ -440,6 +441,27 @@ def test_a_sweep_asks_slurm_once_whether_its_runs_could_ever_run(cluster_rig, tm
     assert len(runs) == 20 and slurm.refusal_checks == 1
     queue_run(engine, tmp_path, envelope={"mem_bytes": 2 * G})
     assert slurm.refusal_checks == 2  # another envelope is another question
+
+
+def test_the_preview_gives_slurms_own_estimate(cluster_rig, tmp_path):
+    engine, slurm, clock = cluster_rig
+    request = {"argv": [sys.executable], "cwd": str(tmp_path), "env": {}, "envelope": {"mem_bytes": G}}
+    assert engine.preview(request)["verdict"] == "waits"
+    slurm.estimate = (clock.now + 1, "node7")
+    assert engine.preview(request)["reason"] == "Slurm would start it now on node7"
+    slurm.estimate = (clock.now + 3600, "node[1-2]")
+    later = engine.preview(request)
+    assert later["verdict"] == "waits" and later["reason"].endswith(
+        f"Slurm expects to start it at {time.strftime('%H:%M:%S', time.localtime(clock.now + 3600))} on node[1-2]")
+    slurm.refuse = "Requested node configuration is not available"
+    assert engine.preview({**request, "envelope": {"mem_bytes": 1 << 50}})["verdict"] == "refused"
+
+
+def test_sbatch_test_only_estimates_are_read():
+    line = "sbatch: Job 5 to start at 2026-12-03T07:01:09 using 1 processors on nodes localhost in partition bench"
+    at, nodes = jobs.expected_start(line)
+    assert nodes == "localhost" and at == time.mktime(time.strptime("2026-12-03T07:01:09", "%Y-%m-%dT%H:%M:%S"))
+    assert jobs.expected_start("allocation failure: nope") is None
 
 
 def test_a_refusal_at_hand_over_fails_the_run_with_slurms_reason(cluster_rig, tmp_path):

@@ -97,13 +97,11 @@ class SlurmTools:
             return None
         return jobs.first_error_line(result.stderr, f"sbatch --test-only: exit code {result.returncode}")
 
-    def expected_start(self, options: Sequence[str], script: str) -> str | None:
-        """Slurm's own estimate (``Job N to start at T ... on nodes X``), when it has one."""
+    def expected_start(self, options: Sequence[str], script: str) -> tuple[float, str] | None:
+        """Slurm's own estimate (``Job N to start at T using C processors on nodes X in
+        partition P``) as ``(T, X)``, when it has one."""
         result = self._run(["sbatch", "--test-only", *options, script])
-        for line in (result.stderr + result.stdout).splitlines():
-            if " to start at " in line:
-                return line.split(" to start at ", 1)[1].strip()
-        return None
+        return jobs.expected_start(result.stderr + result.stdout)
 
     def queue(self) -> dict[str, jobs.Job]:
         """Every job of this user Slurm still knows (finished ones for ``MinJobAge``)."""

@@ -203,6 +203,18 @@ def jobs_from_sacct(text: str) -> dict[str, Job]:
     return jobs
 
 
+EXPECTED_START = re.compile(r" to start at (\S+) using .* on nodes (\S+)")
+
+
+def expected_start(text: str) -> tuple[float, str] | None:
+    """``sbatch --test-only``'s estimate as ``(Unix time, nodes)``."""
+    found = EXPECTED_START.search(text)
+    if found is None:
+        return None
+    at = _parse_clock(found.group(1))
+    return (at, found.group(2)) if at is not None else None
+
+
 def first_error_line(stderr: str, fallback: str) -> str:
     """The line of a Slurm tool's error output worth showing, without its ``sbatch: error:`` prefix."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]

@@ -124,7 +124,7 @@ class SlurmLauncher:
         self._refusals[key] = (now, answer)
         return answer
 
-    def expected_start(self, envelope: Envelope, retry: RetryPolicy, cwd: str) -> str | None:
+    def expected_start(self, envelope: Envelope, retry: RetryPolicy, cwd: str) -> tuple[float, str] | None:
         request = self._request(envelope, retry, "runyard-check", "/dev/null", cwd)
         try:
             return self.tools.expected_start(request.options, str(self.script))
