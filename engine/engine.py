@@ -867,7 +867,7 @@ class Engine:
         return run
 
     def cancel(self, run_id: Any) -> Run:
-        run = self.get(run_id)
+        run = handover.settle(self, self.get(run_id))
         now = self.clock()
         if run.state is RunState.QUEUED:
             if not self.store.transition(
@@ -885,7 +885,7 @@ class Engine:
         return self.get(run.id)
 
     def set_held(self, run_id: Any, held: bool) -> Run:
-        run = self.get(run_id)
+        run = handover.settle(self, self.get(run_id))
         if run.state is not RunState.QUEUED:
             raise RequestError(
                 f"run {run.id} is {run.state.value}; only queued runs can be held or released", EXIT_ERROR

@@ -17,11 +17,13 @@ the cluster never got it; a run is never submitted twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine import checkpoints, retry
+from engine import checkpoints, shim
 from engine.launcher import LaunchError, Observation
 from engine.model import SUBMITTING, Run, RunState
 
@@ -37,6 +39,8 @@ def admit(engine: Engine, now: float) -> None:
     """Hand every queued run the engine lets go to the backend; follow those handed over."""
     queued = engine.store.in_state(RunState.QUEUED)
     follow(engine, [run for run in queued if run.backend_job], now)
+    withdraw_orphans(engine)
+    queued = engine.store.in_state(RunState.QUEUED)  # follow() may have freed some for another hand-over
     fresh = [run for run in queued if not run.backend_job]
     if not fresh:
         return
@@ -55,19 +59,47 @@ def admit(engine: Engine, now: float) -> None:
             continue
         ready.append(run)
     ready.sort(key=lambda run: (-run.priority, run.submitted_at, run.id))
-    for run in ready:
-        hand_over(engine, run, now)
+    for run in ready[:MAX_PER_TICK]:
+        if not hand_over(engine, run, now):
+            break  # Slurm not reached, or "not now": the others would only wait as long, one by one
     engine.store.set_reasons(waiting)
 
 
-def hand_over(engine: Engine, run: Run, now: float) -> None:
+MAX_PER_TICK = 50
+"""Hand-overs in one tick: each is an sbatch on the engine's loop; a sweep of thousands goes
+over a few ticks instead of holding every request up meanwhile."""
+
+
+def withdraw_orphans(engine: Engine) -> None:
+    """Cancel live jobs of this home that no run wants any more (a cancel or hold that did
+    not reach Slurm, a run cancelled while its hand-over was in flight)."""
+    orphans = getattr(engine.launcher, "orphans", None)
+    if orphans is None or engine.launcher.error is not None:
+        return
+
+    def wanted(run_id: int, attempt: int, job_id: str) -> bool:
+        run = engine.store.get(run_id)
+        if run is None or run.state not in (RunState.QUEUED, RunState.RUNNING):
+            return False
+        return run.backend_job == job_id or (run.backend_job == SUBMITTING and run.attempt == attempt)
+
+    for job_id in orphans(wanted):
+        log.warning("Slurm job %s belongs to no run any more: cancelling it", job_id)
+        try:
+            engine.launcher.cancel_job(job_id)
+        except Exception:  # reported, and found again at the next poll
+            log.exception("cannot cancel Slurm job %s", job_id)
+
+
+def hand_over(engine: Engine, run: Run, now: float) -> bool:
+    """Submit one run; False when Slurm was not reached (or said "not now")."""
     from engine.engine import run_environment
 
     launcher = engine.launcher
     resume_from = checkpoints.latest_path(run.checkpoint_dir)
     if not engine.store.update(run.id, RunState.QUEUED, backend_job=SUBMITTING, resume_from=resume_from,
                                reason="waiting: being handed to Slurm"):
-        return
+        return True
     engine.store.flush()  # the marker must be on disk before the job can exist
     run = engine.store.get(run.id) or run
     try:
@@ -77,17 +109,18 @@ def hand_over(engine: Engine, run: Run, now: float) -> None:
             # The marker stays: the job may exist all the same (sbatch timed out after slurmctld
             # took it). follow() adopts it by name, or hands the run over again once a poll
             # made after this attempt shows no such job.
-            engine.store.update(run.id, RunState.QUEUED, reason=f"waiting: cannot reach Slurm ({error}); trying again")
-            return
+            engine.store.update(run.id, RunState.QUEUED, reason=f"waiting: Slurm did not take it ({error}); trying again")
+            return False
         engine.store.transition(run.id, RunState.QUEUED, RunState.FAILED, f"cannot start: {error}",
                                 now=now, ended_at=now, backend_job=None)
-        return
+        return True
     note = f"; {'; '.join(notes)}" if notes else ""
     log.info("run %s: handed to Slurm as job %s%s", run.id, job_id, note)
     engine.store.update(run.id, RunState.QUEUED, backend_job=job_id,
                         reason=f"waiting: Slurm job {job_id} submitted{note}",
                         warning=notes[0] if notes else None)
     engine.store.flush()
+    return True
 
 
 def _transient(error: LaunchError) -> bool:
@@ -119,8 +152,10 @@ def follow(engine: Engine, handed: list[Run], now: float) -> None:
             reasons[run.id] = f"waiting in Slurm: {why} (job {run.backend_job})"
             continue
         if observation.state == "lost":
-            engine._end_attempt(run, RunState.FAILED, f"lost: {observation.detail}", retry.LOST, now,
-                                ended_at=now, exit_code=None, signal=None)
+            # Never seen to start and no exit record: it did not run. Handed over again.
+            log.warning("run %s: %s before it started; handing it over again", run.id, observation.detail)
+            engine.store.update(run.id, RunState.QUEUED, backend_job=None,
+                                reason=f"waiting: {observation.detail} before it started; handing it over again")
             continue
         started = start(engine, run, observation, now)
         if started is not None and observation.state == "exited":
@@ -140,21 +175,29 @@ def start(engine: Engine, run: Run, observation: Observation, now: float) -> Run
 
 
 def requeued_by_backend(engine: Engine, run: Run, observation: Observation, now: float) -> None:
-    """Slurm put a running job back in its queue (a failed node, preemption, ``scontrol
-    requeue``): the same job starts again later, as a new attempt of the run."""
-    from engine.engine import _fresh_attempt_fields
-
-    next_attempt = run.attempt + 1
-    fields = _fresh_attempt_fields(run, next_attempt)
-    # The same job runs again with the folder and log it was submitted with.
-    fields.update(backend_job=run.backend_job, run_dir=run.run_dir, log_path=run.log_path)
+    """Slurm put a running job back in its queue (runyard submits with ``--no-requeue``, but
+    an admin's ``scontrol requeue`` may still): the same job, in the same folder and attempt,
+    starts again later; until then the run is queued again."""
+    exit_record = Path(engine.launcher.run_dir(run)) / shim.EXIT_FILE
+    with contextlib.suppress(OSError):
+        exit_record.unlink()  # its first start's: the second start writes its own
+    engine._term_delivered.discard(run.id)
     why = observation.backend_reason or "requeued"
-    record = {"ended_at": now, "state": RunState.QUEUED.value, "reason": f"requeued by Slurm ({why})",
-              "exit_code": None, "signal": None, "failure_class": retry.LOST}
-    engine.store.end_attempt(
-        run, RunState.QUEUED, f"waiting: Slurm job {run.backend_job} requeued by Slurm ({why})",
-        now=now, record=record, failure_class=retry.LOST, **fields,
+    engine.store.transition(
+        run.id, RunState.RUNNING, RunState.QUEUED, f"waiting: Slurm requeued job {run.backend_job} ({why})",
+        now=now, started_at=None, node=None, stop_request=None, stop_requested_at=None, stop_detail=None,
+        kill_sent_at=None, warn_sent_at=None, health=None, health_detail=None,
     )
+
+
+def settle(engine: Engine, run: Run) -> Run:
+    """Bring a handed-over queued run up to date with Slurm before acting on it (cancel,
+    hold): its job may have started, or ended, since the last poll."""
+    if run.state is not RunState.QUEUED or not run.backend_job or not engine.schedules_itself:
+        return run
+    engine.launcher.refresh(force=True)
+    follow(engine, [run], engine.clock())
+    return engine.store.get(run.id) or run
 
 
 STARTS_NOW_S = 5.0

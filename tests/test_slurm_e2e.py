@@ -258,3 +258,28 @@ def test_the_test_cluster_stops_with_its_jobs_and_leaves_no_process(tmp_path):
     assert alive == []
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in daemons)
     assert not slurm.folder.exists()
+
+
+def test_while_slurm_cannot_be_reached_nothing_is_concluded(yard):
+    slurm = LocalSlurm().start()
+    try:
+        yard.extra_env.update(slurm.env)
+        yard.start_daemon("--backend", "slurm")
+        running = yard.submit("--cpus", str(slurm.cpus), "--", "sleep", "300")
+        pending = yard.submit("--cpus", str(slurm.cpus), "--", "sleep", "300")
+        yard.wait_state(running, "running", timeout=SLOW)
+        poll_until(lambda: "waiting in Slurm" in yard.run(pending)["reason"], timeout=SLOW, message="a pending job")
+        before = {run_id: yard.run(run_id) for run_id in (running, pending)}
+        # Without munge no Slurm call is authenticated: squeue --json answers "no jobs" and an error.
+        slurm.processes["munged"].terminate()
+        slurm.processes["munged"].wait(timeout=30)
+        since = poll_until(lambda: yard.json("status")["cluster"]["error"] and yard.json("status")["sampled_at"],
+                           timeout=SLOW, interval=1, message="the status to tell Slurm cannot be reached")
+        # A few more ticks and failed polls (each squeue waits ~9 s for munge): still nothing concluded.
+        poll_until(lambda: yard.json("status")["sampled_at"] > since + 10, timeout=SLOW, interval=1,
+                   message="the engine to go on ticking")
+        for run_id, seen in before.items():
+            now = yard.run(run_id)
+            assert (now["state"], now["backend_job"]) == (seen["state"], seen["backend_job"]), now["reason"]
+    finally:
+        slurm.stop()

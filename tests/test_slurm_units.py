@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def test_an_envelope_becomes_sbatch_options_in_slurms_units():
     assert request.options == [
         "--job-name=runyard-7.1-abc", "--output=/r/7/output.log", "--open-mode=append", "--chdir=/work",
         "--export=ALL", "--nodes=1", "--ntasks=1", "--cpus-per-task=3", "--mem=3073M", "--partition=gpu",
-        "--gres=gpu:2", "--tmp=10240M", "--time=2", "--licenses=nfs_io:1", "--signal=B:USR1@30", "--requeue",
+        "--gres=gpu:2", "--tmp=10240M", "--time=3", "--licenses=nfs_io:1", "--signal=B:USR1@120", "--no-requeue",
     ]
     assert request.notes == ["--cpus 2.5 asks Slurm for 3 (whole CPUs only)"]
 
@@ -143,6 +144,9 @@ def test_the_line_worth_showing_of_slurms_errors():
     assert jobs.first_error_line("sbatch: error: Invalid partition name specified\n", "?") == \
         "Invalid partition name specified"
     assert jobs.first_error_line("", "exit code 1") == "exit code 1"
+    plugin = ("sbatch: error: Jobs on the gpu partition must ask for --gpus\n"
+              "sbatch: error: Batch job submission failed: Unspecified error\n")
+    assert jobs.first_error_line(plugin, "?") == "Jobs on the gpu partition must ask for --gpus"
 
 
 def test_gpus_are_counted_in_every_gres_spelling():
@@ -179,7 +183,7 @@ class Answers:
 
     def __call__(self, argv, **kwargs):
         self.calls.append(argv)
-        answer = self.by_program[argv[0]]
+        answer = self.by_program[os.path.basename(argv[0])]
         if isinstance(answer, BaseException):
             raise answer
         if callable(answer):
@@ -214,8 +218,8 @@ def test_tool_failures_are_one_line_errors():
 
 def test_the_job_gets_the_runs_environment_and_what_sbatch_needs_to_find_the_cluster():
     tools = SlurmTools({"SLURM_CONF": "/etc/x.conf", "HOME": "/root", "SLURM_JOB_ID": "1"}, runner=Answers())
-    env = tools.job_env({"HOME": "/home/u", "PATH": "/bin", "SLURM_JOB_ID": "99", "SBATCH_TIMELIMIT": "5"})
-    assert env == {"HOME": "/home/u", "PATH": "/bin", "SLURM_CONF": "/etc/x.conf"}
+    env = tools.job_env({"HOME": "/home/u", "PATH": "/bin", "SLURM_JOB_ID": "99", "SBATCH_ACCOUNT": "lab"})
+    assert env == {"HOME": "/home/u", "PATH": "/bin", "SLURM_CONF": "/etc/x.conf", "SBATCH_ACCOUNT": "lab"}
 
 
 # ------------------------------------------------------------ engine and launcher
@@ -233,12 +237,14 @@ class FakeSlurm:
         self.down: bool = False
         self.hidden: set[str] = set()
         self.refusal_checks = 0
+        self.sbatch_calls = 0
         self.estimate: tuple[float, str] | None = None
         self.accounts: dict[str, jobs.Job] = {}
         """What sacct would say of jobs squeue has forgotten."""
         self.next_id = 100
 
     def submit(self, options, script, args, env):
+        self.sbatch_calls += 1
         if self.down:
             raise SlurmError("sbatch did not answer in 30s: is slurmctld up?")
         if self.refuse:
@@ -270,7 +276,11 @@ class FakeSlurm:
         return True
 
     def cancel(self, job_id):
+        if self.down:
+            raise SlurmError("scancel: Unable to contact slurm controller (connect failure)")
         self.cancelled.append(job_id)
+        if job_id in self.jobs:
+            self.move(job_id, "CANCELLED")
 
     def cluster(self, partition):
         return {"partition": partition, "partitions": [], "nodes": [], "error": None}
@@ -278,6 +288,10 @@ class FakeSlurm:
     def move(self, job_id, state, **facts):
         job = self.jobs[job_id]
         self.jobs[job_id] = jobs.Job(job_id, job.name, state, facts.pop("reason", ""), **facts)
+
+
+def json_answer(payload):
+    return lambda argv: subprocess.CompletedProcess(argv, 0, json.dumps(payload), "")
 
 
 @pytest.fixture
@@ -357,10 +371,10 @@ def test_an_interrupted_hand_over_adopts_the_job_slurm_got_and_resubmits_only_wh
     engine.recover()
     engine.tick()
     assert engine.store.get(adopted).backend_job == "55" and engine.store.get(adopted).state is RunState.RUNNING
-    assert engine.store.get(again).backend_job is None
-    engine.tick()
+    # Found not to have reached Slurm, it is handed over again in the same tick, once.
     assert engine.store.get(again).backend_job == "101"
-    assert [args for _, args, _ in slurm.submitted] and len(slurm.submitted) == 1
+    engine.tick()
+    assert engine.store.get(again).backend_job == "101" and len(slurm.submitted) == 1
 
 
 def test_nothing_is_concluded_while_slurm_cannot_be_reached(cluster_rig, tmp_path):
@@ -376,7 +390,7 @@ def test_nothing_is_concluded_while_slurm_cannot_be_reached(cluster_rig, tmp_pat
     assert engine.store.get(running).state is RunState.RUNNING
     waiting = engine.store.get(fresh)
     assert waiting.state is RunState.QUEUED and waiting.backend_job == SUBMITTING
-    assert "cannot reach Slurm" in waiting.reason
+    assert "Slurm did not take it (sbatch did not answer in 30s" in waiting.reason
     # Back up: the running job is found again, and the waiting run, which Slurm never got,
     # is handed over once.
     slurm.down = False
@@ -514,21 +528,26 @@ def test_slurms_end_states_become_runyards(cluster_rig, tmp_path, state, retries
         assert run.state is expected_state
 
 
-def test_a_job_slurm_requeues_comes_back_as_a_new_attempt_of_the_same_job(cluster_rig, tmp_path):
+def test_a_job_an_admin_requeues_runs_again_as_the_same_attempt_and_its_old_exit_record_is_dropped(
+        cluster_rig, tmp_path):
     engine, slurm, clock = cluster_rig
     run_id = queue_run(engine, tmp_path)
     start_first_job(cluster_rig)
+    write_exit(engine, run_id, -15, "SIGTERM")  # the first start's, killed by the requeue
     slurm.move("101", "PENDING", reason="BeginTime", restarts=1)
     clock.now += 1
     engine.tick()
     run = engine.store.get(run_id)
-    assert run.state is RunState.QUEUED and run.attempt == 2 and run.backend_job == "101"
-    assert engine.store.attempts(run_id)[0]["reason"] == "requeued by Slurm (BeginTime)"
+    assert run.state is RunState.QUEUED and run.attempt == 1 and run.backend_job == "101" and run.started_at is None
     assert run.reason == "waiting in Slurm: BeginTime (job 101)"
+    assert any("Slurm requeued job 101 (BeginTime)" in t["reason"] for t in engine.store.transitions(run_id))
+    assert not (Path(run.run_dir) / shim.EXIT_FILE).exists()
     slurm.move("101", "RUNNING", node="n2", started_at=clock.now)
     clock.now += 1
     engine.tick()
-    assert engine.store.get(run_id).node == "n2" and len(slurm.submitted) == 1
+    run = engine.store.get(run_id)
+    assert run.state is RunState.RUNNING and run.node == "n2" and len(slurm.submitted) == 1
+    assert engine.store.attempts(run_id) == []
 
 
 def test_stops_reach_the_job_script_and_cancel_withdraws_a_pending_job(cluster_rig, tmp_path):
@@ -639,3 +658,138 @@ def test_the_shim_passes_forwarded_signals_on_to_the_command(tmp_path):
 def test_the_shim_refuses_an_unknown_signal_to_forward():
     with pytest.raises(ValueError, match="--forward takes signal names"):
         shim.parse_args(["/tmp/x", "--forward", "TERM,NOPE", "--", "true"])
+
+
+# ------------------------------------------------------- what review found, kept fixed
+
+
+def test_squeue_json_that_carries_errors_is_slurm_unreachable_not_an_empty_queue():
+    down = {"errors": [{"error": "Unable to contact slurm controller (connect failure)", "errno": 1007}], "jobs": []}
+    tools = SlurmTools({}, runner=Answers({"squeue": json_answer(down), "sinfo": json_answer({**down, "nodes": []})}))
+    with pytest.raises(SlurmError, match="squeue: Unable to contact slurm controller"):
+        tools.queue()
+    with pytest.raises(SlurmError, match="sinfo: Unable to contact slurm controller"):
+        tools.cluster(None)
+    assert tools.json  # Slurm has JSON; it was only unreachable
+
+
+def test_a_pending_job_that_vanishes_is_handed_over_again_without_pausing_its_owner(cluster_rig, tmp_path):
+    engine, slurm, clock = cluster_rig
+    run_id = queue_run(engine, tmp_path)
+    engine.tick()
+    for expected in ("102", "103", "104", "105", "106", "107"):
+        slurm.jobs.clear()  # cancelled outside, then forgotten while the daemon was away
+        clock.now += 5
+        engine.tick()
+        assert engine.store.get(run_id).backend_job == expected
+    assert engine.store.pauses() == {} and engine.store.attempts(run_id) == []
+
+
+def test_an_exit_record_waits_a_little_for_slurms_end_state(cluster_rig, tmp_path):
+    engine, slurm, clock = cluster_rig
+    oom = queue_run(engine, tmp_path)
+    plain = queue_run(engine, tmp_path)
+    engine.tick()
+    for job_id in ("101", "102"):
+        slurm.move(job_id, "RUNNING", node="n1", started_at=clock.now)
+    clock.now += 1
+    engine.tick()
+    write_exit(engine, oom, -9, "SIGKILL")
+    write_exit(engine, plain, 0)
+    clock.now += 1
+    engine.tick()
+    assert engine.store.get(oom).state is RunState.RUNNING  # Slurm still says RUNNING (COMPLETING)
+    slurm.move("101", "OUT_OF_MEMORY", node="n1", exit_code=-9)
+    clock.now += 1
+    engine.tick()
+    assert "killed by Slurm: out of memory" in engine.store.get(oom).reason
+    assert engine.store.get(plain).state is RunState.RUNNING
+    clock.now += 40  # Slurm never said: the exit record alone decides
+    engine.tick()
+    assert engine.store.get(plain).state is RunState.SUCCEEDED
+
+
+@pytest.mark.parametrize("message", [
+    "Protocol authentication error",
+    "Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)",
+])
+def test_a_failed_sbatch_that_is_not_a_refusal_keeps_runs_queued_and_stops_the_tick(cluster_rig, tmp_path, message):
+    engine, slurm, clock = cluster_rig
+    first, second = queue_run(engine, tmp_path), queue_run(engine, tmp_path)
+    slurm.refuse = message
+    engine.tick()
+    assert slurm.sbatch_calls == 1  # the second run was not tried in the same tick
+    for run_id in (first, second):
+        assert engine.store.get(run_id).state is RunState.QUEUED
+    assert "Slurm did not take it" in engine.store.get(first).reason
+
+
+def test_an_unreachable_slurm_at_submit_is_not_a_refusal_and_is_not_remembered(cluster_rig, tmp_path):
+    engine, slurm, clock = cluster_rig
+    slurm.refuse = "Unable to contact slurm controller (connect failure)"
+    queue_run(engine, tmp_path)
+    queue_run(engine, tmp_path)
+    assert slurm.refusal_checks == 2
+
+
+def test_a_cancel_that_did_not_reach_slurm_is_made_good_at_a_later_poll(cluster_rig, tmp_path):
+    engine, slurm, clock = cluster_rig
+    run_id = queue_run(engine, tmp_path)
+    engine.tick()
+    slurm.down = True
+    engine.cancel(run_id)
+    assert engine.store.get(run_id).state is RunState.CANCELLED and slurm.cancelled == []
+    slurm.down = False
+    clock.now += 5
+    engine.tick()
+    assert slurm.cancelled == ["101"]
+
+
+def test_a_job_of_a_run_cancelled_while_its_hand_over_was_in_flight_is_cancelled(cluster_rig, tmp_path):
+    engine, slurm, clock = cluster_rig
+    real_submit = slurm.submit
+
+    def submit_then_time_out(*args):
+        slurm.hidden.add(real_submit(*args))
+        raise SlurmError("sbatch did not answer in 30s: is slurmctld up?")
+
+    slurm.submit = submit_then_time_out
+    run_id = queue_run(engine, tmp_path)
+    engine.tick()
+    engine.cancel(run_id)
+    slurm.hidden.clear()
+    clock.now += 5
+    engine.tick()
+    assert slurm.cancelled == ["101"] and engine.store.get(run_id).state is RunState.CANCELLED
+
+
+def test_cancelling_a_run_whose_job_started_since_the_last_poll_stops_it_as_a_running_run(cluster_rig, tmp_path):
+    engine, slurm, clock = cluster_rig
+    run_id = queue_run(engine, tmp_path)
+    engine.tick()
+    slurm.move("101", "RUNNING", node="n1", started_at=clock.now)  # no poll since
+    run = engine.cancel(run_id)
+    assert run.state is RunState.RUNNING and run.stop_request == "cancel"
+    assert slurm.signals == [("101", "TERM")]
+
+
+def test_the_run_cannot_pick_the_cluster_nor_the_tools():
+    tools = SlurmTools({"SLURM_CONF": "/etc/slurm/ours.conf", "PATH": "/usr/bin"}, runner=Answers())
+    env = tools.job_env({"SLURM_CONF": "/home/u/other.conf", "SLURM_CLUSTERS": "elsewhere", "PATH": "/nowhere"})
+    assert env == {"SLURM_CONF": "/etc/slurm/ours.conf", "PATH": "/nowhere"}
+    assert tools.paths["sbatch"] == (shutil.which("sbatch", path="/usr/bin") or "sbatch")
+
+
+def test_no_memory_asked_is_no_mem_option_and_hand_overs_are_capped_per_tick(cluster_rig, tmp_path):
+    from engine import handover
+
+    request = mapping.sbatch_options(Envelope(mem_bytes=0), RetryPolicy(), name="n", log_path="l", cwd="/")
+    assert not [option for option in request.options if option.startswith("--mem")]
+    engine, slurm, clock = cluster_rig
+    for _ in range(handover.MAX_PER_TICK + 5):
+        queue_run(engine, tmp_path)
+    engine.tick()
+    assert len(slurm.submitted) == handover.MAX_PER_TICK
+    clock.now += 5
+    engine.tick()
+    assert len(slurm.submitted) == handover.MAX_PER_TICK + 5

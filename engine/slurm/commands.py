@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,6 +19,10 @@ from engine.slurm import jobs
 Runner = Callable[..., subprocess.CompletedProcess]
 
 TIMEOUT_S = 30.0
+CLUSTER_VARIABLES = ("SLURM_CONF", "SLURM_CLUSTERS", "MUNGE")
+SETTLED_BY_ENGINE = (*CLUSTER_VARIABLES, "SLURM_JOB")
+"""A submitter's ``SBATCH_ACCOUNT``, ``SBATCH_QOS``... pass: sbatch reads them, and its
+command line (what runyard sets) wins over them."""
 NO_JSON_HINTS = ("unrecognized option", "invalid option", "json", "data_parser")
 
 
@@ -38,17 +43,22 @@ class SlurmTools:
         timeout_s: float = TIMEOUT_S, runner: Runner = subprocess.run,
     ) -> None:
         self.env = dict(os.environ if env is None else env)
+        self.env["SLURM_TIME_FORMAT"] = "standard"  # the times the fixed formats are read in, whatever the user set
         self.json = prefer_json
         self.timeout_s = timeout_s
         self.runner = runner
         self.user = pwd.getpwuid(os.getuid()).pw_name
+        # By absolute path, looked up on the engine's PATH: a run's PATH must not pick the tools.
+        self.paths = {tool: shutil.which(tool, path=self.env.get("PATH")) or tool
+                      for tool in ("sbatch", "squeue", "scancel", "sinfo", "sacct")}
         self.accounting = True
         """Whether sacct may know jobs squeue has forgotten; off once Slurm says it keeps no accounts."""
 
     def _run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
         try:
             return self.runner(
-                list(argv), env=dict(env if env is not None else self.env), capture_output=True, text=True,
+                [self.paths.get(argv[0], argv[0]), *argv[1:]], env=dict(env if env is not None else self.env),
+                capture_output=True, text=True,
                 timeout=self.timeout_s, stdin=subprocess.DEVNULL,
             )
         except FileNotFoundError:
@@ -70,12 +80,11 @@ class SlurmTools:
         """What ``sbatch`` runs with: the run's environment, which ``--export=ALL`` hands to
         the job, plus what ``sbatch`` itself needs to find the cluster."""
         env = dict(run_env)
-        for name, value in self.env.items():
-            if name.startswith(("SLURM_CONF", "MUNGE")) and name not in env:
-                env[name] = value
-        # A variable Slurm sets for the job must come from Slurm, not from the submitter's shell.
-        for name in [name for name in env if name.startswith(("SLURM_JOB", "SBATCH_"))]:
+        # Which cluster is the engine's to say: it polls that one. A variable Slurm sets for
+        # the job must come from Slurm, not from the submitter's shell.
+        for name in [name for name in env if name.startswith(SETTLED_BY_ENGINE)]:
             del env[name]
+        env.update({name: value for name, value in self.env.items() if name.startswith(CLUSTER_VARIABLES)})
         return env
 
     def submit(self, options: Sequence[str], script: str, args: Sequence[str], run_env: Mapping[str, str]) -> str:
@@ -110,6 +119,8 @@ class SlurmTools:
             if result.returncode == 0:
                 try:
                     return jobs.jobs_from_json(result.stdout)
+                except jobs.SlurmSaysError as error:
+                    raise SlurmError(str(error)) from None
                 except ValueError:
                     pass
             elif not any(hint in result.stderr.lower() for hint in NO_JSON_HINTS):
@@ -141,8 +152,14 @@ class SlurmTools:
         return result.returncode == 0 and "error" not in result.stderr.lower()
 
     def cancel(self, job_id: str) -> None:
-        """Withdraw a job (pending or not); an unknown job is not an error."""
-        self._run(["scancel", job_id])
+        """Withdraw a job (pending or not); a job that already ended is not an error.
+
+        Raises:
+            SlurmError: Slurm was not reached (the caller tries again later).
+        """
+        result = self._run(["scancel", job_id])
+        if result.returncode != 0 and "invalid job id" not in result.stderr.lower():
+            raise SlurmError(f"scancel: {jobs.first_error_line(result.stderr, f'exit code {result.returncode}')}")
 
     def cluster(self, partition: str | None) -> dict[str, Any]:
         """Partitions and nodes as the ``status`` op's ``cluster``."""
@@ -152,6 +169,8 @@ class SlurmTools:
             if result.returncode == 0:
                 try:
                     nodes = jobs.nodes_from_json(result.stdout)
+                except jobs.SlurmSaysError as error:
+                    raise SlurmError(str(error)) from None
                 except ValueError:
                     nodes = None
         if nodes is None:

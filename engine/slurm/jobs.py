@@ -79,6 +79,19 @@ class Job:
         return None
 
 
+class SlurmSaysError(ValueError):
+    """Slurm's JSON carried errors (22.05 answers exit status 0 and an empty job list when
+    slurmctld cannot be reached): the answer must not be read as "no jobs"."""
+
+
+def _errors(data: dict[str, Any], tool: str) -> None:
+    errors = data.get("errors") or []
+    if errors:
+        first = errors[0]
+        text = first.get("error") or first.get("description") or str(first) if isinstance(first, dict) else str(first)
+        raise SlurmSaysError(f"{tool}: {text}")
+
+
 def _number(value: Any) -> float | None:
     """A number as 22.05 writes it (plain) or as 23.02+ does (``{"set": .., "number": ..}``)."""
     if isinstance(value, dict):
@@ -130,6 +143,7 @@ def jobs_from_json(text: str) -> dict[str, Job]:
         records = data["jobs"]
     except (ValueError, KeyError, TypeError):
         raise ValueError("squeue --json did not answer with a job list") from None
+    _errors(data, "squeue")
     jobs = {}
     for record in records:
         state = _state(record.get("job_state"))
@@ -215,14 +229,40 @@ def expected_start(text: str) -> tuple[float, str] | None:
     return (at, found.group(2)) if at is not None else None
 
 
+NEVER = (
+    "requested node configuration is not available", "invalid partition", "invalid account", "invalid qos",
+    "invalid generic resource", "memory specification can not be satisfied", "invalid feature specification",
+    "more processors requested than permitted", "requested time limit is invalid", "node count specification invalid",
+    "invalid license", "requested partition configuration not available", "invalid node name specified",
+)
+"""Slurm's words for a job no node of the cluster could ever run, whatever else runs."""
+LIMIT = ("submit limit", "maxsubmit", "reached the limit", "job violates accounting/qos policy")
+"""Slurm's words for "not now": the user or account has as many jobs queued as it may."""
+
+
+def refusal_kind(message: str) -> str:
+    """``never`` (no node could ever run it), ``limit`` (not now: a submit limit) or
+    ``other`` (Slurm not reached, or a reason not known to be final: tried again later)."""
+    lowered = message.lower()
+    if any(words in lowered for words in LIMIT):
+        return "limit"
+    if any(words in lowered for words in NEVER):
+        return "never"
+    return "other"
+
+
 def first_error_line(stderr: str, fallback: str) -> str:
     """The line of a Slurm tool's error output worth showing, without its ``sbatch: error:`` prefix."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     # sbatch says "Batch job submission failed: <why>" last; --test-only says "allocation failure: <why>".
-    for line in reversed(lines):
+    for index in range(len(lines) - 1, -1, -1):
         for marker in ("submission failed:", "allocation failure:"):
-            if marker in line:
-                return line.split(marker, 1)[1].strip()
+            if marker in lines[index]:
+                why = lines[index].split(marker, 1)[1].strip()
+                if why.lower().startswith("unspecified error") and index > 0:
+                    # A site's job_submit plugin says why on the line before.
+                    return re.sub(r"^\w+: (error|fatal): ", "", lines[index - 1])
+                return why
     for line in lines:
         cleaned = re.sub(r"^\w+: (error|fatal): ", "", line)
         if cleaned:
@@ -249,9 +289,11 @@ def nodes_from_json(text: str) -> list[dict[str, Any]]:
         ValueError: not sinfo's JSON.
     """
     try:
-        records = json.loads(text)["nodes"]
+        data = json.loads(text)
+        records = data["nodes"]
     except (ValueError, KeyError, TypeError):
         raise ValueError("sinfo --json did not answer with a node list") from None
+    _errors(data, "sinfo")
     nodes = []
     for record in records:
         state = record.get("state")

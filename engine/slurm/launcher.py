@@ -27,22 +27,21 @@ from engine.model import SUBMITTING, Run
 from engine.retry import RetryPolicy
 from engine.slurm import mapping
 from engine.slurm.commands import SlurmError, SlurmTools
-from engine.slurm.jobs import Job
+from engine.slurm.jobs import Job, refusal_kind
 
 FORWARDED = "TERM,INT,HUP,USR1,USR2"
 POLL_INTERVAL_S = 2.0
 CLUSTER_TTL_S = 5.0
 REFUSAL_TTL_S = 30.0
 VANISHED = "Slurm no longer knows job {job} and it left no exit record"
-UNREACHABLE_HINTS = (
-    "did not answer", "not installed", "cannot run", "unable to contact", "timed out", "connection refused",
-    "zero bytes were transmitted", "could not establish a configuration",
-)
-"""Words of a failed sbatch that say Slurm was not reached, rather than that it said no."""
+EXIT_SETTLE_S = 30.0
+"""How long an exit record may wait for Slurm to say how the job ended (TIMEOUT,
+OUT_OF_MEMORY...: more than the exit status tells) before it is taken alone."""
 
 
 class SlurmUnavailable(LaunchError):
-    """Slurm could not be asked (not a refusal): the run stays queued and is tried again."""
+    """Not a refusal: Slurm was not reached, or said "not now" (a submit limit). The run
+    stays queued and is tried again; no other run is handed over in this tick."""
 
 
 class SlurmLauncher:
@@ -100,11 +99,12 @@ class SlurmLauncher:
 
     def request(self, run: Run) -> mapping.JobRequest:
         return self._request(run.envelope, run.retry, mapping.job_name(run.id, run.attempt, self.home_tag),
-                             str(self._log_path(run)), run.cwd)
+                             str(self._log_path(run)), run.cwd, run.grace_s)
 
-    def _request(self, envelope: Envelope, retry: RetryPolicy, name: str, log: str, cwd: str) -> mapping.JobRequest:
+    def _request(self, envelope: Envelope, retry: RetryPolicy, name: str, log: str, cwd: str,
+                 grace_s: float = 0.0) -> mapping.JobRequest:
         return mapping.sbatch_options(envelope, retry, name=name, log_path=log, cwd=cwd,
-                                      partition=self.partition, gpu_types=self.gpu_types)
+                                      partition=self.partition, gpu_types=self.gpu_types, grace_s=grace_s)
 
     def refusal(self, envelope: Envelope, retry: RetryPolicy, cwd: str) -> str | None:
         """Why Slurm would never run such a run (no node could ever hold it), or ``None``.
@@ -119,6 +119,8 @@ class SlurmLauncher:
             answer = self.tools.refusal(request.options, str(self.script))
         except SlurmError:
             return None  # unreachable now is not "never": the run waits for Slurm instead
+        if answer is not None and refusal_kind(answer) != "never":
+            return None  # "cannot reach slurmctld", a submit limit: not about this run, and not cached
         if len(self._refusals) > 256:
             self._refusals.clear()
         self._refusals[key] = (now, answer)
@@ -164,17 +166,33 @@ class SlurmLauncher:
         try:
             job_id = self.tools.submit(request.options, str(self.script), args, env)
         except SlurmError as error:
-            text = str(error)
-            if any(hint in text.lower() for hint in UNREACHABLE_HINTS):
-                raise SlurmUnavailable(text) from None
-            raise LaunchError(f"refused by Slurm: {text.removeprefix('sbatch: ')}") from None
+            text = str(error).removeprefix("sbatch: ")
+            if refusal_kind(text) == "never":
+                raise LaunchError(f"refused by Slurm: {text}") from None
+            raise SlurmUnavailable(text) from None
         self._handed_at[job_id] = self.clock()
         return job_id, request.notes
 
     def withdraw(self, run: Run) -> None:
-        """Take a job out of Slurm (cancel, hold); Slurm not answering is logged by the caller."""
+        """Take a job out of Slurm (cancel, hold).
+
+        Raises:
+            SlurmError: not reached; :meth:`orphans` finds the job again later."""
         if run.backend_job and run.backend_job != SUBMITTING:
             self.tools.cancel(run.backend_job)
+
+    def orphans(self, wanted: Callable[[int, int, str], bool]) -> list[str]:
+        """Live jobs of this home that ``wanted(run_id, attempt, job_id)`` disowns: a cancel
+        that did not reach Slurm, a job of a run cancelled or held while being handed over."""
+        found = []
+        for job in self.jobs.values():
+            owner = mapping.job_owner(job.name, self.home_tag)
+            if owner is not None and job.phase != "ended" and not wanted(*owner, job.job_id):
+                found.append(job.job_id)
+        return found
+
+    def cancel_job(self, job_id: str) -> None:
+        self.tools.cancel(job_id)
 
     # -- observing -------------------------------------------------------------------
 
@@ -216,6 +234,10 @@ class SlurmLauncher:
         if job is not None:
             facts = dict(job_id=job.job_id, node=job.node, started_at=job.started_at, backend_reason=job.reason)
         if ended is not None and (job is None or job.phase != "pending"):
+            if (job is not None and job.phase == "running" and self.error is None
+                    and self.clock() - (ended.get("ended_at") or 0) < EXIT_SETTLE_S):
+                # The command ended; Slurm's end state (TIMEOUT, OUT_OF_MEMORY...) says more.
+                return Observation("running", detail="ended; waiting for Slurm's end state", **facts)
             return Observation(
                 "exited", exit_code=ended.get("exit_code"), signal=ended.get("signal"),
                 ended_at=ended.get("ended_at"), ended_by=job.ended_by if job else None, **facts,
@@ -272,7 +294,8 @@ class SlurmLauncher:
                 # The last figures, dated by their "at", beat none while Slurm does not answer.
                 last = self._cluster or {"partition": self.partition, "partitions": [], "nodes": [], "at": None}
                 self._cluster = {**last, "error": str(error)}
-        return self._cluster
+        # A failed poll of the jobs is news too: until one succeeds, runyard concludes nothing.
+        return {**self._cluster, "error": self._cluster.get("error") or self.error}
 
 
 def _submitting_key(run: Run) -> str:

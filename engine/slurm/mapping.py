@@ -10,13 +10,16 @@ One vocabulary for the user, Slurm's on the wire:
                     (``[slurm] gpu_types``); without one it cannot be honoured
                     and the run gets whole GPUs (said in a note)
 ``--disk 10G``      ``--tmp=10240M`` (the node's scratch space)
-``--time 90s``      ``--time=2`` (Slurm counts minutes; runyard stops the run at
-                    the exact limit itself, Slurm's is the backstop)
+``--time 90s``      ``--time=N``: the limit, the grace and a minute, in whole
+                    minutes (runyard stops the run at the exact limit itself;
+                    Slurm's is the backstop for when runyard's daemon is down)
 ``--res lic=1``     ``--licenses=lic:1``
-warning signal      ``--signal=B:USR1@N`` (the job script, runyard's shim,
-                    passes it on to the command)
-``--requeue``       ``--requeue`` (else ``--no-requeue``: a failed node is then
-                    reported to runyard, whose retry policy decides)
+warning signal      ``--signal=B:USR1@N``, timed against Slurm's limit (the job
+                    script, runyard's shim, passes it on to the command)
+``--requeue``       ``--no-requeue`` always: runyard requeues a run as a new job
+                    that resumes from its latest checkpoint; a job Slurm requeued
+                    would restart with its first start's environment. A failed
+                    node reaches runyard, whose retry policy decides.
 ==================  ==========================================================
 """
 
@@ -62,8 +65,22 @@ def job_name(run_id: int, attempt: int, home_tag: str) -> str:
     return f"runyard-{run_id}.{attempt}-{home_tag}"
 
 
+def job_owner(name: str, home_tag: str) -> tuple[int, int] | None:
+    """``(run id, attempt)`` of a job named by :func:`job_name` for this home, else ``None``."""
+    prefix, suffix = "runyard-", f"-{home_tag}"
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return None
+    run_id, _, attempt = name[len(prefix):-len(suffix)].partition(".")
+    return (int(run_id), int(attempt)) if run_id.isdigit() and attempt.isdigit() else None
+
+
 def minutes(seconds: float) -> int:
     return max(1, math.ceil(seconds / 60))
+
+
+BACKSTOP_MARGIN_S = 60.0
+"""Slurm's limit runs this much past runyard's limit and grace: runyard stops the run at its
+exact limit (TERM, grace, KILL), Slurm only when runyard could not (its daemon down)."""
 
 
 def sbatch_options(
@@ -75,6 +92,7 @@ def sbatch_options(
     cwd: str,
     partition: str | None = None,
     gpu_types: GpuTypes = NO_GPU_TYPES,
+    grace_s: float = 0.0,
 ) -> JobRequest:
     options = [
         f"--job-name={name}",
@@ -85,8 +103,9 @@ def sbatch_options(
         "--nodes=1",
         "--ntasks=1",
         f"--cpus-per-task={math.ceil(envelope.cpus)}",
-        f"--mem={max(1, math.ceil(envelope.mem_bytes / MIB))}M",
     ]
+    if envelope.mem_bytes:  # 0: no memory asked; Slurm's default per CPU applies
+        options.append(f"--mem={math.ceil(envelope.mem_bytes / MIB)}M")
     notes: list[str] = []
     if partition:
         options.append(f"--partition={partition}")
@@ -110,12 +129,19 @@ def sbatch_options(
         options.append(f"--gres={gres}")
     if envelope.disk_bytes:
         options.append(f"--tmp={math.ceil(envelope.disk_bytes / MIB)}M")
+    backstop_s = None
     if envelope.time_limit_s is not None:
-        options.append(f"--time={minutes(envelope.time_limit_s)}")
+        backstop_s = minutes(envelope.time_limit_s + grace_s + BACKSTOP_MARGIN_S) * 60
+        options.append(f"--time={backstop_s // 60}")
     if envelope.resources:
         options.append("--licenses=" + ",".join(f"{res}:{count}" for res, count in envelope.resources))
     if retry.warn_signal and retry.warn_before_s:
+        # Timed against Slurm's later limit, so it lands about when runyard's own warning
+        # does: the one a run gets when runyard's daemon is down.
+        before = retry.warn_before_s + (backstop_s - envelope.time_limit_s if backstop_s else 0)
         signame = retry.warn_signal.removeprefix("SIG")
-        options.append(f"--signal=B:{signame}@{min(65535, math.ceil(retry.warn_before_s))}")
-    options.append("--requeue" if retry.requeue else "--no-requeue")
+        options.append(f"--signal=B:{signame}@{min(65535, math.ceil(before))}")
+    # runyard's --requeue (and every retry) is a new job that resumes from the latest
+    # checkpoint; a job Slurm requeues would rerun with the environment of its first start.
+    options.append("--no-requeue")
     return JobRequest(options, notes)
