@@ -793,3 +793,26 @@ def test_no_memory_asked_is_no_mem_option_and_hand_overs_are_capped_per_tick(clu
     clock.now += 5
     engine.tick()
     assert len(slurm.submitted) == handover.MAX_PER_TICK + 5
+
+
+def test_a_released_run_never_adopts_the_job_its_hold_withdrew(cluster_rig, tmp_path):
+    engine, slurm, clock = cluster_rig
+    run_id = queue_run(engine, tmp_path)
+    engine.tick()
+    engine.set_held(run_id, True)  # job 101 cancelled; squeue lists it for minutes
+    engine.set_held(run_id, False)
+    real_submit = slurm.submit
+
+    def unreachable(*args):
+        raise SlurmError("sbatch did not answer in 30s: is slurmctld up?")
+
+    slurm.submit = unreachable
+    for _ in range(2):
+        clock.now += 5
+        engine.tick()
+    run = engine.store.get(run_id)
+    assert run.state is RunState.QUEUED and run.backend_job == SUBMITTING
+    slurm.submit = real_submit
+    clock.now += 5
+    engine.tick()
+    assert engine.store.get(run_id).backend_job == "102"

@@ -217,6 +217,10 @@ class SlurmLauncher:
             return self.jobs.get(run.backend_job)
         name = mapping.job_name(run.id, run.attempt, self.home_tag)
         found = [job for job in self.jobs.values() if job.name == name]
+        # An ended job of that name is this hand-over's only if it left an exit record (cleared
+        # before each sbatch); else it is one withdrawn earlier (held, then released).
+        ran = (self.run_dir(run) / shim.EXIT_FILE).exists()
+        found = [job for job in found if job.phase != "ended" or ran]
         return max(found, key=lambda job: int(job.job_id)) if found else None
 
     def observe(self, run: Run) -> Observation:
