@@ -14,6 +14,7 @@ import json
 import re
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,12 +85,24 @@ class SlurmSaysError(ValueError):
     slurmctld cannot be reached): the answer must not be read as "no jobs"."""
 
 
-def _errors(data: dict[str, Any], tool: str) -> None:
+def _records(text: str, tool: str, key: str) -> list[dict[str, Any]]:
+    """The ``key`` list of a tool's JSON answer.
+
+    Raises:
+        SlurmSaysError: the answer carries errors.
+        ValueError: the text is not that JSON.
+    """
+    try:
+        data = json.loads(text)
+        records = data[key]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{tool} --json did not answer with a list of {key}") from None
     errors = data.get("errors") or []
     if errors:
         first = errors[0]
-        text = first.get("error") or first.get("description") or str(first) if isinstance(first, dict) else str(first)
-        raise SlurmSaysError(f"{tool}: {text}")
+        why = first.get("error") or first.get("description") or str(first) if isinstance(first, dict) else str(first)
+        raise SlurmSaysError(f"{tool}: {why}")
+    return records
 
 
 def _number(value: Any) -> float | None:
@@ -138,13 +151,8 @@ def jobs_from_json(text: str) -> dict[str, Job]:
     Raises:
         ValueError: the text is not squeue's JSON.
     """
-    try:
-        data = json.loads(text)
-        records = data["jobs"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError("squeue --json did not answer with a job list") from None
-    _errors(data, "squeue")
     jobs = {}
+    records = _records(text, "squeue", "jobs")
     for record in records:
         state = _state(record.get("job_state"))
         job = Job(
@@ -173,15 +181,18 @@ def _parse_clock(text: str) -> float | None:
         return None
 
 
-def jobs_from_table(text: str) -> dict[str, Job]:
-    """``squeue -h -o SQUEUE_FORMAT`` as ``job id -> Job`` (a job name may hold ``|``)."""
-    jobs = {}
+def _rows(text: str) -> Iterator[tuple[str, str, list[str]]]:
+    """``id|name|five more`` lines as ``(id, name, the five)``: a job name may hold ``|``."""
     for line in text.splitlines():
         fields = line.split("|")
-        if len(fields) < 7:
-            continue
-        job_id, name = fields[0].strip(), "|".join(fields[1:-5])
-        state, reason, node, start, end = fields[-5:]
+        if len(fields) >= 7:
+            yield fields[0].strip(), "|".join(fields[1:-5]), fields[-5:]
+
+
+def jobs_from_table(text: str) -> dict[str, Job]:
+    """``squeue -h -o SQUEUE_FORMAT`` as ``job id -> Job``."""
+    jobs = {}
+    for job_id, name, (state, reason, node, start, end) in _rows(text):
         state = _state(state)
         jobs[job_id] = Job(
             job_id=job_id, name=name, state=state,
@@ -200,12 +211,7 @@ SACCT_FIELDS = "JobID,JobName,State,ExitCode,Start,End,NodeList"
 def jobs_from_sacct(text: str) -> dict[str, Job]:
     """``sacct -X -n -P -o SACCT_FIELDS`` as ``job id -> Job``; ``ExitCode`` is ``code:signal``."""
     jobs = {}
-    for line in text.splitlines():
-        fields = line.split("|")
-        if len(fields) < 7:
-            continue
-        job_id, name = fields[0], "|".join(fields[1:-5])
-        state, exit_code, start, end, node = fields[-5:]
+    for job_id, name, (state, exit_code, start, end, node) in _rows(text):
         code, _, sig = exit_code.partition(":")
         number = -int(sig) if sig.isdigit() and int(sig) else (int(code) if code.isdigit() else None)
         state = _state(state)
@@ -288,13 +294,8 @@ def nodes_from_json(text: str) -> list[dict[str, Any]]:
     Raises:
         ValueError: not sinfo's JSON.
     """
-    try:
-        data = json.loads(text)
-        records = data["nodes"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError("sinfo --json did not answer with a node list") from None
-    _errors(data, "sinfo")
     nodes = []
+    records = _records(text, "sinfo", "nodes")
     for record in records:
         state = record.get("state")
         if isinstance(state, list):
