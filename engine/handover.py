@@ -32,15 +32,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runyard.engine")
 
-ORDER = "priority, then submission"
-
-
 def admit(engine: Engine, now: float) -> None:
     """Hand every queued run the engine lets go to the backend; follow those handed over."""
     queued = engine.store.in_state(RunState.QUEUED)
-    follow(engine, [run for run in queued if run.backend_job], now)
+    if follow(engine, [run for run in queued if run.backend_job], now):
+        queued = engine.store.in_state(RunState.QUEUED)  # runs to hand over again, this tick
     withdraw_orphans(engine)
-    queued = engine.store.in_state(RunState.QUEUED)  # follow() may have freed some for another hand-over
     fresh = [run for run in queued if not run.backend_job]
     if not fresh:
         return
@@ -129,9 +126,11 @@ def _transient(error: LaunchError) -> bool:
     return isinstance(error, SlurmUnavailable)
 
 
-def follow(engine: Engine, handed: list[Run], now: float) -> None:
-    """Runs the backend holds but has not been seen to start."""
+def follow(engine: Engine, handed: list[Run], now: float) -> bool:
+    """Runs the backend holds but has not been seen to start; returns whether any was
+    found never to have reached it (to be handed over again)."""
     reasons: dict[int, str] = {}
+    freed = False
     for run in handed:
         observation = engine.launcher.observe(run)
         if run.backend_job == SUBMITTING:
@@ -143,6 +142,7 @@ def follow(engine: Engine, handed: list[Run], now: float) -> None:
                 # Slurm never got it (the engine stopped before sbatch ran, or sbatch failed).
                 engine.store.update(run.id, RunState.QUEUED, backend_job=None,
                                     reason="waiting: Slurm never got it; handing it over again")
+                freed = True
                 continue
             elif observation.state != "exited":
                 continue  # Slurm unreadable, or asked before the attempt: too early to tell
@@ -156,11 +156,13 @@ def follow(engine: Engine, handed: list[Run], now: float) -> None:
             log.warning("run %s: %s before it started; handing it over again", run.id, observation.detail)
             engine.store.update(run.id, RunState.QUEUED, backend_job=None,
                                 reason=f"waiting: {observation.detail} before it started; handing it over again")
+            freed = True
             continue
         started = start(engine, run, observation, now)
         if started is not None and observation.state == "exited":
             engine._supervise(started, now, observation)
     engine.store.set_reasons(reasons)
+    return freed
 
 
 def start(engine: Engine, run: Run, observation: Observation, now: float) -> Run | None:

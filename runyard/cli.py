@@ -1001,6 +1001,8 @@ def _with_backend(settings, args: argparse.Namespace):
     if args.partition is not None and backend != "slurm":
         raise CliError("--partition goes with the Slurm backend: runyard --daemon --backend slurm --partition P",
                        EXIT_BAD_INPUT)
+    if args.partition is not None and not args.partition.strip():
+        raise CliError("--partition needs a partition name (`sinfo` lists them)", EXIT_BAD_INPUT)
     slurm = replace(settings.slurm, partition=args.partition) if args.partition else settings.slurm
     return replace(settings, backend=backend, slurm=slurm)
 

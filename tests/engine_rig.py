@@ -78,17 +78,23 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def rig(tmp_path: Path):
+def engine_on_file(tmp_path: Path, launcher, clock: Clock, **options) -> tuple[Engine, object]:
+    """An engine on a fresh database in ``tmp_path``, a fixed host and no GPUs; returns it
+    and the connection to close."""
     db_path = tmp_path / "runyard.db"
     migrate(db_path)
     conn = sql.connect(db_path)
     store = RunStore(conn, tmp_path / "runs")
+    options.setdefault("gpu_source", "none")
+    return Engine(store, launcher, FixedHost(), NoGpus(), clock=clock, boot_time=lambda: 0.0, **options), conn
+
+
+@pytest.fixture
+def rig(tmp_path: Path):
     clock = Clock()
     launcher = FakeLauncher()
     rng = RecordingRandom()
-    engine = Engine(store, launcher, FixedHost(), NoGpus(), gpu_source="none", clock=clock, rng=rng,
-                    boot_time=lambda: 0.0)
+    engine, conn = engine_on_file(tmp_path, launcher, clock, rng=rng)
     yield engine, launcher, clock, rng
     conn.close()
 

@@ -17,17 +17,13 @@ import pytest
 
 from engine import shim
 from engine.config import ConfigError, load_config
-from engine.engine import Engine
 from engine.envelope import Envelope
 from engine.model import SUBMITTING, RunState
 from engine.retry import RetryPolicy
 from engine.slurm import jobs, mapping
 from engine.slurm.commands import SlurmError, SlurmTools
 from engine.slurm.launcher import SlurmLauncher
-from engine.store import sql
-from engine.store.runs import RunStore
-from engine.store.schema import migrate
-from engine_rig import Clock, FixedHost, NoGpus
+from engine_rig import Clock, engine_on_file
 
 G = 1 << 30
 
@@ -236,6 +232,9 @@ class FakeSlurm:
         self.refuse: str | None = None
         self.down: bool = False
         self.hidden: set[str] = set()
+        self.slow_sbatch = False
+        """sbatch times out although slurmctld took the job (listed once ``hidden`` is cleared)."""
+        self.sbatch_down = False
         self.refusal_checks = 0
         self.sbatch_calls = 0
         self.estimate: tuple[float, str] | None = None
@@ -245,7 +244,7 @@ class FakeSlurm:
 
     def submit(self, options, script, args, env):
         self.sbatch_calls += 1
-        if self.down:
+        if self.down or self.sbatch_down:
             raise SlurmError("sbatch did not answer in 30s: is slurmctld up?")
         if self.refuse:
             raise SlurmError(f"sbatch: {self.refuse}")
@@ -254,6 +253,9 @@ class FakeSlurm:
         name = next(option.split("=", 1)[1] for option in options if option.startswith("--job-name="))
         self.jobs[job_id] = jobs.Job(job_id, name, "PENDING", "Priority")
         self.submitted.append((list(options), list(args), dict(env)))
+        if self.slow_sbatch:
+            self.hidden.add(job_id)  # slurmctld took it, slowly: not listed yet
+            raise SlurmError("sbatch did not answer in 30s: is slurmctld up?")
         return job_id
 
     def refusal(self, options, script):
@@ -296,14 +298,10 @@ def json_answer(payload):
 
 @pytest.fixture
 def cluster_rig(tmp_path):
-    db_path = tmp_path / "runyard.db"
-    migrate(db_path)
-    conn = sql.connect(db_path)
-    store = RunStore(conn, tmp_path / "runs")
     clock = Clock()
     slurm = FakeSlurm()
     launcher = SlurmLauncher(tmp_path / "runs", tools=slurm, poll_interval_s=0, clock=clock)
-    engine = Engine(store, launcher, FixedHost(), NoGpus(), gpu_source="slurm", clock=clock, boot_time=lambda: 0.0)
+    engine, conn = engine_on_file(tmp_path, launcher, clock, gpu_source="slurm")
     yield engine, slurm, clock
     conn.close()
 
@@ -404,13 +402,7 @@ def test_nothing_is_concluded_while_slurm_cannot_be_reached(cluster_rig, tmp_pat
 
 def test_a_hand_over_that_timed_out_is_adopted_when_slurm_got_it_after_all(cluster_rig, tmp_path):
     engine, slurm, clock = cluster_rig
-    real_submit = slurm.submit
-
-    def submit_then_time_out(*args):
-        slurm.hidden.add(real_submit(*args))  # slurmctld took it, slowly: not listed yet
-        raise SlurmError("sbatch did not answer in 30s: is slurmctld up?")
-
-    slurm.submit = submit_then_time_out
+    slurm.slow_sbatch = True
     run_id = queue_run(engine, tmp_path)
     engine.tick()
     engine.tick()  # polled at the instant of the attempt: not finding the job proves nothing yet
@@ -747,13 +739,7 @@ def test_a_cancel_that_did_not_reach_slurm_is_made_good_at_a_later_poll(cluster_
 
 def test_a_job_of_a_run_cancelled_while_its_hand_over_was_in_flight_is_cancelled(cluster_rig, tmp_path):
     engine, slurm, clock = cluster_rig
-    real_submit = slurm.submit
-
-    def submit_then_time_out(*args):
-        slurm.hidden.add(real_submit(*args))
-        raise SlurmError("sbatch did not answer in 30s: is slurmctld up?")
-
-    slurm.submit = submit_then_time_out
+    slurm.slow_sbatch = True
     run_id = queue_run(engine, tmp_path)
     engine.tick()
     engine.cancel(run_id)
@@ -801,18 +787,13 @@ def test_a_released_run_never_adopts_the_job_its_hold_withdrew(cluster_rig, tmp_
     engine.tick()
     engine.set_held(run_id, True)  # job 101 cancelled; squeue lists it for minutes
     engine.set_held(run_id, False)
-    real_submit = slurm.submit
-
-    def unreachable(*args):
-        raise SlurmError("sbatch did not answer in 30s: is slurmctld up?")
-
-    slurm.submit = unreachable
+    slurm.sbatch_down = True
     for _ in range(2):
         clock.now += 5
         engine.tick()
     run = engine.store.get(run_id)
     assert run.state is RunState.QUEUED and run.backend_job == SUBMITTING
-    slurm.submit = real_submit
+    slurm.sbatch_down = False
     clock.now += 5
     engine.tick()
     assert engine.store.get(run_id).backend_job == "102"
